@@ -1,0 +1,1 @@
+"""Wallet: the double-entry ledger every movement of tokens or money goes through."""

@@ -1,0 +1,995 @@
+"""The ledger engine: every mutating Wallet request is an `Op`, applied exactly once per
+(scope, kind, key) by a group committer.
+
+Concurrent requests queue up; a committer takes up to `batch_max` of them and applies them all in
+one PostgreSQL transaction with a constant number of statements whatever the batch size:
+
+1. insert the batch's idempotency rows (sorted, ON CONFLICT DO NOTHING) and reserve transfer ids;
+   rows that already existed answer with the stored response (or are refused as a reused id);
+2. lock holds and original transfers the batch resolves or reverses (only when it has such ops);
+3. lock every account the batch touches, in ascending id order, and read the one clock;
+4. apply each op in Python against the locked balances (all-or-nothing per op);
+5. write transfers, entries, balances, holds and responses in one statement, then commit.
+
+Lock order is the same everywhere — idempotency keys, then holds/transfers, then accounts by id —
+so batches from several processes never deadlock; a deadlock or serialization failure anyway
+(e.g. a server restarted mid-flight) retries the whole batch, which idempotency makes safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import grpc
+from google.rpc import status_pb2
+from psycopg import errors as pg_errors
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.wallet import model
+from services.wallet.model import Adjustment, HoldSpec, Item, Op, Ref, Resolution, Reversal
+from shared.clock import NOW_SQL
+from shared.convert import timestamp
+from shared.errors import DomainError, already_exists, not_found, precondition
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+_MAX_ATTEMPTS = 5
+NOTIFY_CHANNEL = "wallet_balance"
+_NOTIFY_MAX_BYTES = 7000
+# The order in which a reused id's fields are compared, so the reason names the first that differs.
+_FIELD_ORDER = (
+    "transfer_id", "debit", "credit", "account", "destination", "amount", "code", "context_type",
+    "context_id", "counterparty_id", "fee_bps", "mode", "items", "target_kind", "target", "legs",
+    "ttl_seconds", "hold_id", "capture", "reason", "owner_id", "campaign_id",
+)  # fmt: skip
+
+
+@dataclass
+class _Account:
+    id: int
+    ref: Ref
+    posted: int
+    pending: int
+
+    @property
+    def available(self) -> int:
+        return self.posted - self.pending
+
+
+@dataclass
+class _Hold:
+    id: int
+    key: str
+    account_id: int
+    destination_id: int
+    amount: int
+    captured: int
+    status: str
+    code: str
+    context_type: str
+    context_id: str
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    resolved_at: dt.datetime | None
+    capture_transfer_id: int | None
+    dirty: bool = False
+
+
+@dataclass
+class _Posting:
+    """A ledger transfer row: one debit, one credit."""
+
+    id: int
+    op_row: int
+    leg: int
+    item_id: str
+    funding: str
+    code: str
+    debit: int
+    credit: int
+    amount: int
+    context_type: str
+    context_id: str
+    counterparty_id: str
+    fee_bps: int
+    reverses: int | None = None
+    overdraw: bool = False
+
+
+@dataclass
+class _Original:
+    """A posting being reversed, with what is left of it."""
+
+    id: int
+    leg: int
+    item_id: str
+    funding: str
+    code: str
+    debit: int
+    credit: int
+    amount: int
+    reversed: int
+    context_type: str
+    context_id: str
+    counterparty_id: str
+    fee_bps: int
+
+
+@dataclass
+class _Waiter:
+    op: Op
+    future: asyncio.Future
+
+
+class _Refused(Exception):
+    """An op refused during apply; `record` says whether a retry must get the same answer."""
+
+    def __init__(self, error: DomainError, record: bool = True):
+        self.error = error
+        self.record = record
+
+
+@dataclass
+class _Batch:
+    """Mutable state of one transaction: locked accounts and everything to write."""
+
+    now: dt.datetime
+    accounts: dict[int, _Account]
+    transfer_ids: list[int]
+    holds: dict[tuple[str, str], _Hold] = field(default_factory=dict)
+    originals: dict[tuple[str, str, str], list[_Original]] = field(default_factory=dict)
+    postings: list[_Posting] = field(default_factory=list)
+    entries: list[tuple[int, int, int, int]] = field(default_factory=list)
+    new_holds: list[tuple] = field(default_factory=list)
+    reversed: dict[int, int] = field(default_factory=dict)
+    notes: list[tuple[int, str, str]] = field(default_factory=list)
+    touched: set[tuple[str, str]] = field(default_factory=set)
+
+    def next_transfer_id(self) -> int:
+        return self.transfer_ids.pop()
+
+
+class _Scratch:
+    """One op's tentative balance changes; merged into the batch only if the whole op succeeds."""
+
+    def __init__(self, batch: _Batch):
+        self.batch = batch
+        self.delta_posted: dict[int, int] = defaultdict(int)
+        self.delta_pending: dict[int, int] = defaultdict(int)
+        self.postings: list[_Posting] = []
+        self.reversed: dict[int, tuple[_Original, int]] = {}
+
+    def reversed_of(self, original: _Original) -> int:
+        return self.reversed.get(original.id, (original, original.reversed))[1]
+
+    def available(self, account_id: int) -> int:
+        account = self.batch.accounts[account_id]
+        return account.posted + self.delta_posted[account_id] - account.pending - self.delta_pending[account_id]
+
+    def post(self, posting: _Posting) -> None:
+        debit = self.batch.accounts[posting.debit]
+        if debit.ref.must_not_go_negative and not posting.overdraw:
+            if self.available(posting.debit) < posting.amount:
+                raise _Refused(
+                    precondition(
+                        "INSUFFICIENT_FUNDS",
+                        f"account {debit.ref.code} of {debit.ref.owner_id} cannot pay {posting.amount}",
+                        account=debit.ref.code,
+                        needed=str(posting.amount),
+                    )
+                )
+        self.delta_posted[posting.debit] -= posting.amount
+        self.delta_posted[posting.credit] += posting.amount
+        self.postings.append(posting)
+
+    def reserve(self, account_id: int, amount: int) -> None:
+        self.delta_pending[account_id] += amount
+
+    def commit(self) -> None:
+        batch = self.batch
+        for posting in self.postings:
+            for account_id, signed in ((posting.debit, -posting.amount), (posting.credit, posting.amount)):
+                account = batch.accounts[account_id]
+                account.posted += signed
+                batch.entries.append((posting.id, account_id, signed, account.posted))
+                batch.touched.add((account.ref.owner_id, account.ref.asset))
+            batch.postings.append(posting)
+        for original, reversed_amount in self.reversed.values():
+            original.reversed = reversed_amount
+            batch.reversed[original.id] = reversed_amount
+        for account_id, delta in self.delta_pending.items():
+            account = batch.accounts[account_id]
+            account.pending += delta
+            assert account.pending >= 0, f"pending below zero on account {account_id}"
+            batch.touched.add((account.ref.owner_id, account.ref.asset))
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine, batch_max: int = 500, committers: int = 3):
+        assert batch_max >= 1 and committers >= 1
+        self.engine = engine
+        self.batch_max = batch_max
+        self.committers = committers
+        # Bounded: when every committer is busy and the queue is full, callers wait here instead of
+        # piling unbounded work into memory.
+        self._queue: asyncio.Queue[_Waiter] = asyncio.Queue(maxsize=batch_max * committers * 4)
+        self._ids: dict[Ref, int] = {}
+        self._refs: dict[int, Ref] = {}
+        self._tasks: list[asyncio.Task] = []
+        self.statements_in_last_batch = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._committer(), name=f"wallet-committer-{i}") for i in range(self.committers)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def submit(self, op: Op) -> bytes:
+        """Applies `op` (or finds its earlier answer); answers the response bytes or raises."""
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Waiter(op, future))
+        return await future
+
+    async def _committer(self) -> None:
+        while True:
+            waiters = [await self._queue.get()]
+            while len(waiters) < self.batch_max and not self._queue.empty():
+                waiters.append(self._queue.get_nowait())
+            try:
+                await self._run(waiters)
+            except Exception as exc:
+                log.exception("wallet batch failed")
+                for waiter in waiters:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(
+                            DomainError(grpc.StatusCode.UNAVAILABLE, "LEDGER_UNAVAILABLE", f"ledger error: {exc}")
+                        )
+
+    # ---- accounts ----------------------------------------------------------------------------
+
+    def ref_of(self, account_id: int) -> Ref:
+        return self._refs[account_id]
+
+    def _remember(self, account_id: int, ref: Ref) -> None:
+        self._ids[ref] = account_id
+        self._refs[account_id] = ref
+
+    async def resolve(self, refs: set[Ref], create: set[Ref]) -> dict[Ref, int]:
+        """Answers the ids of the accounts that exist, creating those in `create` first."""
+        missing = sorted(r for r in refs | create if r not in self._ids)
+        if missing:
+            to_create = sorted(r for r in missing if r in create)
+            async with self.engine.begin() as conn:
+                if to_create:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, created_at) "
+                            f"SELECT o, a, c, n, {NOW_SQL} FROM unnest(CAST(:o AS text[]), CAST(:a AS text[]), "
+                            "CAST(:c AS text[]), CAST(:n AS boolean[])) AS u(o, a, c, n) ORDER BY o, a, c "
+                            "ON CONFLICT (owner_id, asset, code) DO NOTHING"
+                        ),
+                        {
+                            "o": [r.owner_id for r in to_create],
+                            "a": [r.asset for r in to_create],
+                            "c": [r.code for r in to_create],
+                            "n": [r.must_not_go_negative for r in to_create],
+                        },
+                    )
+                rows = await conn.execute(
+                    text(
+                        "SELECT a.id, a.owner_id, a.asset, a.code FROM wallet.accounts a "
+                        "JOIN unnest(CAST(:o AS text[]), CAST(:a AS text[]), CAST(:c AS text[])) AS u(o, s, c) "
+                        "ON a.owner_id = u.o AND a.asset = u.s AND a.code = u.c"
+                    ),
+                    {
+                        "o": [r.owner_id for r in missing],
+                        "a": [r.asset for r in missing],
+                        "c": [r.code for r in missing],
+                    },
+                )
+                for row in rows:
+                    self._remember(row.id, Ref(row.owner_id, row.asset, row.code))
+        return {r: self._ids[r] for r in refs | create if r in self._ids}
+
+    # ---- the batch ---------------------------------------------------------------------------
+
+    async def _run(self, waiters: list[_Waiter]) -> None:
+        leaders: dict[tuple[str, str, str], _Waiter] = {}
+        followers: list[tuple[_Waiter, _Waiter]] = []
+        for waiter in waiters:
+            leader = leaders.get(waiter.op.identity)
+            if leader is None:
+                leaders[waiter.op.identity] = waiter
+            else:
+                followers.append((waiter, leader))
+        ready = await self._resolve_accounts(list(leaders.values()))
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                results = await self._transaction(ready)
+                break
+            except DBAPIError as exc:
+                if not isinstance(exc.orig, _RETRYABLE) or attempt == _MAX_ATTEMPTS:
+                    raise
+                log.warning("wallet batch retried", extra={"attempt": attempt, "error": type(exc.orig).__name__})
+        else:  # pragma: no cover - the loop either breaks or raises
+            raise AssertionError("unreachable")
+        for waiter in ready:
+            _settle(waiter.future, results[waiter.op.identity])
+        for waiter, leader in followers:
+            _settle(waiter.future, _replay(waiter.op, leader.op, leader.future))
+
+    async def _resolve_accounts(self, waiters: list[_Waiter]) -> list[_Waiter]:
+        """Makes sure every account a batch names exists (or refuses ops whose debit is unknown)."""
+        wanted: set[Ref] = set()
+        create: set[Ref] = set()
+        for waiter in waiters:
+            for ref, creatable in _refs_of(waiter.op):
+                (create if creatable else wanted).add(ref)
+        ids = await self.resolve(wanted, create)
+        ready = []
+        for waiter in waiters:
+            unknown = [ref for ref, _ in _refs_of(waiter.op) if ref not in ids]
+            if waiter.op.kind in ("TRANSFER", "BATCH"):
+                unknown = _wallet_halves_ok(unknown, ids)
+            if unknown:
+                ref = unknown[0]
+                waiter.future.set_exception(
+                    not_found(
+                        "ACCOUNT_NOT_FOUND",
+                        f"no {ref.code} account in {ref.asset} for {ref.owner_id or 'the platform'}",
+                        owner_id=ref.owner_id,
+                        code=ref.code,
+                        asset=ref.asset,
+                    )
+                )
+            else:
+                ready.append(waiter)
+        return ready
+
+    async def _transaction(self, waiters: list[_Waiter]) -> dict[tuple, tuple[bool, bytes] | DomainError]:
+        results: dict[tuple, tuple[bool, bytes] | DomainError] = {}
+        if not waiters:
+            return results
+        statements = 0
+        async with self.engine.begin() as conn:
+            ops = sorted((w.op for w in waiters), key=lambda op: op.identity)
+            rows, transfer_ids = await self._claim(conn, ops)
+            statements += 1
+            claimed = {op.identity for op in ops if op.identity in rows}
+            existing = [op for op in ops if op.identity not in claimed]
+            if existing:
+                statements += 1
+                for op, stored in await self._stored(conn, existing):
+                    results[op.identity] = _replay_stored(op, stored)
+            todo = [op for op in ops if op.identity in claimed]
+            holds, originals = {}, {}
+            if any(op.kind in ("CAPTURE", "VOID") for op in todo):
+                holds = await self._lock_holds(conn, todo)
+                statements += 1
+            if any(op.kind == "REVERSAL" for op in todo):
+                originals = await self._lock_originals(conn, todo)
+                needed = sum(len(postings) for postings in originals.values())
+                transfer_ids += await self._reserve_transfer_ids(conn, needed)
+                statements += 2
+            account_ids = self._account_ids(todo, holds, originals)
+            accounts, now = await self._lock_accounts(conn, account_ids)
+            statements += 1
+            batch = _Batch(now, accounts, transfer_ids, holds, originals)
+            dropped: list[int] = []
+            answers: list[tuple[int, bool, bytes]] = []
+            for op in todo:
+                row_id = rows[op.identity]
+                try:
+                    response = self._apply(batch, op, row_id)
+                    answers.append((row_id, True, response))
+                    results[op.identity] = (True, response)
+                except _Refused as refused:
+                    if refused.record:
+                        status = refused.error.to_status().SerializeToString()
+                        answers.append((row_id, False, status))
+                        results[op.identity] = (False, status)
+                    else:
+                        dropped.append(row_id)
+                        results[op.identity] = refused.error
+            await self._write(conn, batch, answers, dropped)
+            statements += 3  # the write, BEGIN and COMMIT
+        self.statements_in_last_batch = statements
+        return results
+
+    async def _claim(self, conn: AsyncConnection, ops: list[Op]) -> tuple[dict[tuple, int], list[int]]:
+        postings_bound = sum(_postings_bound(op) for op in ops)
+        result = await conn.execute(
+            text(
+                "WITH ins AS ("
+                " INSERT INTO wallet.operations (scope, kind, key, request, ok, response, created_at)"
+                f" SELECT s, k, y, CAST(r AS jsonb), false, '', {NOW_SQL}"
+                " FROM unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[]), CAST(:r AS text[]))"
+                " AS u(s, k, y, r) ORDER BY s, k, y"
+                " ON CONFLICT (scope, kind, key) DO NOTHING RETURNING id, scope, kind, key)"
+                " SELECT id, scope, kind, key, NULL::bigint[] AS ids FROM ins"
+                " UNION ALL SELECT NULL, NULL, NULL, NULL,"
+                " ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"
+            ),
+            {
+                "s": [op.scope for op in ops],
+                "k": [op.kind for op in ops],
+                "y": [op.key for op in ops],
+                "r": [json.dumps(op.fields, sort_keys=True) for op in ops],
+                "n": postings_bound,
+            },
+        )
+        claimed: dict[tuple, int] = {}
+        transfer_ids: list[int] = []
+        for row in result:
+            if row.id is None:
+                transfer_ids = list(reversed(row.ids))
+            else:
+                claimed[(row.scope, row.kind, row.key)] = row.id
+        return claimed, transfer_ids
+
+    async def _reserve_transfer_ids(self, conn: AsyncConnection, count: int) -> list[int]:
+        result = await conn.execute(
+            text("SELECT ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"), {"n": count}
+        )
+        return list(result.scalar_one())
+
+    async def _stored(self, conn: AsyncConnection, ops: list[Op]) -> list[tuple[Op, tuple]]:
+        result = await conn.execute(
+            text(
+                "SELECT o.scope, o.kind, o.key, o.request, o.ok, o.response FROM wallet.operations o"
+                " JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[])) AS u(s, k, y)"
+                " ON o.scope = u.s AND o.kind = u.k AND o.key = u.y"
+            ),
+            {"s": [op.scope for op in ops], "k": [op.kind for op in ops], "y": [op.key for op in ops]},
+        )
+        stored = {(r.scope, r.kind, r.key): (r.request, r.ok, bytes(r.response)) for r in result}
+        return [(op, stored[op.identity]) for op in ops]
+
+    async def _lock_holds(self, conn: AsyncConnection, ops: list[Op]) -> dict[tuple[str, str], _Hold]:
+        keys = sorted({(op.scope, op.payload.hold_id) for op in ops if op.kind in ("CAPTURE", "VOID")})
+        result = await conn.execute(
+            text(
+                "SELECT h.* FROM wallet.holds h JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[])) AS u(s, k)"
+                " ON h.scope = u.s AND h.key = u.k ORDER BY h.id FOR UPDATE OF h"
+            ),
+            {"s": [k[0] for k in keys], "k": [k[1] for k in keys]},
+        )
+        return {
+            (r.scope, r.key): _Hold(
+                r.id,
+                r.key,
+                r.account_id,
+                r.destination_account_id,
+                r.amount,
+                r.captured_amount,
+                r.status,
+                r.code,
+                r.context_type,
+                r.context_id,
+                r.expires_at,
+                r.created_at,
+                r.resolved_at,
+                r.capture_transfer_id,
+            )  # fmt: skip
+            for r in result
+        }
+
+    async def _lock_originals(self, conn: AsyncConnection, ops: list[Op]) -> dict[tuple, list[_Original]]:
+        targets = sorted(
+            {(op.scope, op.payload.target_kind, op.payload.target_key) for op in ops if op.kind == "REVERSAL"}
+        )
+        result = await conn.execute(
+            text(
+                "SELECT o.scope, o.kind, o.key, t.* FROM wallet.transfers t"
+                " JOIN wallet.operations o ON o.id = t.operation_id"
+                " JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[])) AS u(s, k, y)"
+                " ON o.scope = u.s AND o.kind = u.k AND o.key = u.y"
+                " WHERE t.reverses_transfer_id IS NULL ORDER BY t.id FOR UPDATE OF t"
+            ),
+            {"s": [t[0] for t in targets], "k": [t[1] for t in targets], "y": [t[2] for t in targets]},
+        )
+        originals: dict[tuple, list[_Original]] = defaultdict(list)
+        for r in result:
+            originals[(r.scope, r.kind, r.key)].append(
+                _Original(
+                    r.id,
+                    r.leg,
+                    r.item_id,
+                    r.funding,
+                    r.code,
+                    r.debit_account_id,
+                    r.credit_account_id,
+                    r.amount,
+                    r.reversed_amount,
+                    r.context_type,
+                    r.context_id,
+                    r.counterparty_id,
+                    r.fee_bps,
+                )  # fmt: skip
+            )
+        return originals
+
+    def _account_ids(self, ops: list[Op], holds: dict, originals: dict) -> set[int]:
+        ids: set[int] = set()
+        for op in ops:
+            for ref, _ in _refs_of(op):
+                if ref in self._ids:
+                    ids.add(self._ids[ref])
+        for hold in holds.values():
+            ids.update((hold.account_id, hold.destination_id))
+        for postings in originals.values():
+            for posting in postings:
+                ids.update((posting.debit, posting.credit))
+        return ids
+
+    async def _lock_accounts(self, conn: AsyncConnection, ids: set[int]) -> tuple[dict[int, _Account], dt.datetime]:
+        result = await conn.execute(
+            text(
+                f"SELECT {NOW_SQL} AS now, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
+                " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts"
+                " WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE) a ON true"
+            ),
+            {"ids": sorted(ids)},
+        )
+        accounts: dict[int, _Account] = {}
+        now = None
+        for row in result:
+            now = row.now
+            if row.id is not None:
+                ref = Ref(row.owner_id, row.asset, row.code)
+                self._remember(row.id, ref)
+                accounts[row.id] = _Account(row.id, ref, row.posted, row.pending)
+        assert now is not None
+        return accounts, now
+
+    async def _write(
+        self, conn: AsyncConnection, batch: _Batch, answers: list[tuple[int, bool, bytes]], dropped: list[int]
+    ) -> None:
+        parts: list[str] = []
+        params: dict[str, object] = {"now": batch.now}
+        if batch.postings:
+            p = batch.postings
+            parts.append(
+                "t AS (INSERT INTO wallet.transfers (id, operation_id, leg, item_id, funding, code, asset,"
+                " debit_account_id, credit_account_id, amount, context_type, context_id, counterparty_id,"
+                " fee_bps, reverses_transfer_id, created_at)"
+                " SELECT u.*, CAST(:now AS timestamptz) FROM unnest(CAST(:t_id AS bigint[]), CAST(:t_op AS bigint[]),"
+                " CAST(:t_leg AS int[]), CAST(:t_item AS text[]), CAST(:t_fund AS text[]), CAST(:t_code AS text[]),"
+                " CAST(:t_asset AS text[]), CAST(:t_dr AS bigint[]), CAST(:t_cr AS bigint[]),"
+                " CAST(:t_amt AS bigint[]), CAST(:t_ctype AS text[]), CAST(:t_cid AS text[]),"
+                " CAST(:t_cp AS text[]), CAST(:t_fee AS int[]), CAST(:t_rev AS bigint[])) AS u)"
+            )
+            params.update(
+                t_id=[x.id for x in p], t_op=[x.op_row for x in p], t_leg=[x.leg for x in p],
+                t_item=[x.item_id for x in p], t_fund=[x.funding for x in p], t_code=[x.code for x in p],
+                t_asset=[batch.accounts[x.debit].ref.asset for x in p], t_dr=[x.debit for x in p],
+                t_cr=[x.credit for x in p], t_amt=[x.amount for x in p], t_ctype=[x.context_type for x in p],
+                t_cid=[x.context_id for x in p], t_cp=[x.counterparty_id for x in p],
+                t_fee=[x.fee_bps for x in p], t_rev=[x.reverses for x in p],
+            )  # fmt: skip
+            e = batch.entries
+            parts.append(
+                "e AS (INSERT INTO wallet.entries (transfer_id, account_id, amount, balance_after, created_at)"
+                " SELECT u.*, CAST(:now AS timestamptz) FROM unnest(CAST(:e_t AS bigint[]), CAST(:e_a AS bigint[]),"
+                " CAST(:e_amt AS bigint[]), CAST(:e_bal AS bigint[])) AS u)"
+            )
+            params.update(
+                e_t=[x[0] for x in e], e_a=[x[1] for x in e], e_amt=[x[2] for x in e], e_bal=[x[3] for x in e]
+            )
+        if batch.accounts:
+            accounts = sorted(batch.accounts.values(), key=lambda a: a.id)
+            parts.append(
+                "a AS (UPDATE wallet.accounts x SET posted = u.p, pending = u.q FROM unnest(CAST(:a_id AS bigint[]),"
+                " CAST(:a_p AS bigint[]), CAST(:a_q AS bigint[])) AS u(id, p, q)"
+                " WHERE x.id = u.id AND (x.posted <> u.p OR x.pending <> u.q))"
+            )
+            params.update(
+                a_id=[a.id for a in accounts], a_p=[a.posted for a in accounts], a_q=[a.pending for a in accounts]
+            )
+        if batch.reversed:
+            parts.append(
+                "r AS (UPDATE wallet.transfers x SET reversed_amount = u.r FROM unnest(CAST(:r_id AS bigint[]),"
+                " CAST(:r_amt AS bigint[])) AS u(id, r) WHERE x.id = u.id)"
+            )
+            params.update(r_id=list(batch.reversed), r_amt=list(batch.reversed.values()))
+        if batch.new_holds:
+            h = batch.new_holds
+            parts.append(
+                "hn AS (INSERT INTO wallet.holds (operation_id, scope, key, account_id, destination_account_id,"
+                " asset, amount, status, code, context_type, context_id, expires_at, created_at)"
+                " SELECT u.op, u.s, u.k, u.a, u.d, u.asset, u.amt, 'OPEN', u.code, u.ct, u.ci, u.exp,"
+                " CAST(:now AS timestamptz) FROM unnest(CAST(:h_op AS bigint[]), CAST(:h_s AS text[]),"
+                " CAST(:h_k AS text[]), CAST(:h_a AS bigint[]), CAST(:h_d AS bigint[]), CAST(:h_asset AS text[]),"
+                " CAST(:h_amt AS bigint[]), CAST(:h_code AS text[]), CAST(:h_ct AS text[]),"
+                " CAST(:h_ci AS text[]), CAST(:h_exp AS timestamptz[]))"
+                " AS u(op, s, k, a, d, asset, amt, code, ct, ci, exp))"
+            )
+            cols = list(zip(*h, strict=True))
+            for name, values in zip(
+                ("h_op", "h_s", "h_k", "h_a", "h_d", "h_asset", "h_amt", "h_code", "h_ct", "h_ci", "h_exp"),
+                cols,
+                strict=True,
+            ):
+                params[name] = list(values)
+        changed = [hold for hold in batch.holds.values() if hold.dirty]
+        if changed:
+            parts.append(
+                "hu AS (UPDATE wallet.holds x SET status = u.st, captured_amount = u.c, resolved_at = u.at,"
+                " capture_transfer_id = u.t FROM unnest(CAST(:hu_id AS bigint[]), CAST(:hu_st AS text[]),"
+                " CAST(:hu_c AS bigint[]), CAST(:hu_at AS timestamptz[]), CAST(:hu_t AS bigint[]))"
+                " AS u(id, st, c, at, t) WHERE x.id = u.id)"
+            )
+            params.update(
+                hu_id=[x.id for x in changed], hu_st=[x.status for x in changed], hu_c=[x.captured for x in changed],
+                hu_at=[x.resolved_at for x in changed], hu_t=[x.capture_transfer_id for x in changed],
+            )  # fmt: skip
+        if batch.notes:
+            parts.append(
+                "nt AS (INSERT INTO wallet.adjustment_notes (transfer_id, admin_id, reason)"
+                " SELECT * FROM unnest(CAST(:n_t AS bigint[]), CAST(:n_a AS text[]), CAST(:n_r AS text[])))"
+            )
+            params.update(
+                n_t=[x[0] for x in batch.notes], n_a=[x[1] for x in batch.notes], n_r=[x[2] for x in batch.notes]
+            )
+        if answers:
+            parts.append(
+                "o AS (UPDATE wallet.operations x SET ok = u.ok, response = u.resp FROM unnest(CAST(:o_id AS bigint[]),"
+                " CAST(:o_ok AS boolean[]), CAST(:o_resp AS bytea[])) AS u(id, ok, resp) WHERE x.id = u.id)"
+            )
+            params.update(o_id=[a[0] for a in answers], o_ok=[a[1] for a in answers], o_resp=[a[2] for a in answers])
+        if dropped:
+            parts.append("d AS (DELETE FROM wallet.operations WHERE id = ANY(CAST(:drop AS bigint[])))")
+            params["drop"] = dropped
+        select = "SELECT 1"
+        if batch.touched:
+            payload = json.dumps(sorted(f"{o}|{a}" for o, a in batch.touched))
+            if len(payload) > _NOTIFY_MAX_BYTES:
+                payload = '"*"'
+            select = f"SELECT pg_notify('{NOTIFY_CHANNEL}', :notify)"
+            params["notify"] = payload
+        sql = ("WITH " + ", ".join(parts) + " " if parts else "") + select
+        await conn.execute(text(sql), params)
+
+    # ---- applying one op ------------------------------------------------------------------------
+
+    def _apply(self, batch: _Batch, op: Op, row_id: int) -> bytes:
+        handler = getattr(self, f"_apply_{op.kind.lower()}")
+        scratch = _Scratch(batch)
+        response = handler(batch, scratch, op, row_id)
+        scratch.commit()
+        return response.SerializeToString()
+
+    def _spend(self, batch: _Batch, scratch: _Scratch, item: Item, row_id: int, leg: int) -> pb.Transfer:
+        """Posts one item; a USER_WALLET debit draws promotional tokens first, then purchased."""
+        credit = self._ids[item.credit]
+        common = dict(
+            op_row=row_id, leg=leg, item_id=item.transfer_id, code=item.code, credit=credit,
+            context_type=item.context_type, context_id=item.context_id,
+            counterparty_id=item.counterparty_id, fee_bps=item.fee_bps,
+        )  # fmt: skip
+        postings: list[_Posting] = []
+        if item.debit.code == model.WALLET:
+            promo = self._ids.get(Ref(item.debit.owner_id, item.debit.asset, model.PROMOTIONAL))
+            purchased = self._ids.get(Ref(item.debit.owner_id, item.debit.asset, model.PURCHASED))
+            from_promo = min(item.amount, max(scratch.available(promo), 0)) if promo else 0
+            if from_promo:
+                postings.append(
+                    _Posting(batch.next_transfer_id(), funding="PROMOTIONAL", debit=promo, amount=from_promo, **common)
+                )
+            rest = item.amount - from_promo
+            if rest:
+                if purchased is None:
+                    raise _Refused(precondition("INSUFFICIENT_FUNDS", f"{item.debit.owner_id} cannot pay {item.amount}",
+                                                account=model.WALLET, needed=str(item.amount)))  # fmt: skip
+                postings.append(
+                    _Posting(batch.next_transfer_id(), funding="PURCHASED", debit=purchased, amount=rest, **common)
+                )
+        else:
+            funding = (
+                item.debit.code.removeprefix("USER_")
+                if item.debit.code in (model.PROMOTIONAL, model.PURCHASED)
+                else "NONE"
+            )
+            postings.append(
+                _Posting(
+                    batch.next_transfer_id(), funding=funding, debit=self._ids[item.debit], amount=item.amount, **common
+                )
+            )
+        for posting in postings:
+            scratch.post(posting)
+        return self._transfer_pb(batch, item.transfer_id, item.debit, item.credit, item.amount, item.code,
+                                 item.context_type, item.context_id, item.counterparty_id, item.fee_bps, postings)  # fmt: skip
+
+    def _transfer_pb(
+        self, batch, transfer_id, debit, credit, amount, code, ctype, cid, cp, fee, postings
+    ) -> pb.Transfer:
+        transfer = pb.Transfer(
+            transfer_id=transfer_id, debit=debit.to_pb(), credit=credit.to_pb(), amount=amount,
+            code=model.TRANSFER_CODE_ENUM[code], context_type=ctype, context_id=cid, counterparty_id=cp,
+            fee_bps=fee, create_time=timestamp(batch.now),
+        )  # fmt: skip
+        for posting in postings:
+            transfer.postings.add(
+                debit=batch.accounts[posting.debit].ref.to_pb(),
+                credit=batch.accounts[posting.credit].ref.to_pb(),
+                amount=posting.amount,
+                funding=model.FUNDING_ENUM[posting.funding],
+            )
+        return transfer
+
+    def _apply_transfer(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.Transfer:
+        return self._spend(batch, scratch, op.payload, row_id, 0)
+
+    def _apply_batch(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.BatchTransferResponse:
+        response = pb.BatchTransferResponse(batch_id=op.key)
+        for leg, item in enumerate(op.payload):
+            try:
+                transfer = self._spend(batch, scratch, item, row_id, leg)
+            except _Refused as refused:
+                refused.error.metadata.update(failed_transfer_id=item.transfer_id, failed_index=str(leg))
+                refused.error.message = (
+                    f"linked batch failed at item {leg} ({item.transfer_id}): {refused.error.message}"
+                )
+                raise
+            response.results.add(transfer_id=item.transfer_id, transfer=transfer)
+        return response
+
+    def _apply_reversal(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.ReverseTransferResponse:
+        reversal: Reversal = op.payload
+        originals = batch.originals.get((op.scope, reversal.target_kind, reversal.target_key))
+        if not originals:
+            raise _Refused(
+                not_found("TRANSFER_NOT_FOUND", f"no {reversal.target_kind.lower()} {reversal.target_key!r}"),
+                record=False,
+            )
+        by_leg: dict[int, list[_Original]] = defaultdict(list)
+        for original in originals:
+            by_leg[original.leg].append(original)
+        left_of = {leg: sum(o.amount - scratch.reversed_of(o) for o in posts) for leg, posts in by_leg.items()}
+        wanted = reversal.legs or left_of
+        unknown = sorted(set(wanted) - set(by_leg))
+        if unknown:
+            raise _Refused(precondition("UNKNOWN_LEG", f"the original has no leg {unknown[0]}", leg=str(unknown[0])))
+        if not any(wanted.values()):
+            raise _Refused(precondition("NOTHING_LEFT_TO_REVERSE", "the original is already fully reversed"))
+        response = pb.ReverseTransferResponse(reversal_id=op.key)
+        for leg in sorted(wanted):
+            amount = wanted[leg]
+            posts = by_leg[leg]
+            left = left_of[leg]
+            if amount > left:
+                raise _Refused(precondition("REVERSAL_EXCEEDS_REMAINING",
+                                            f"leg {leg} has {left} left to reverse, asked {amount}",
+                                            leg=str(leg), remaining=str(left)))  # fmt: skip
+            if amount == 0:
+                continue
+            # Purchased before promotional: the last tokens drawn are the first given back.
+            order = sorted(posts, key=lambda o: (o.funding == "PROMOTIONAL", o.id))
+            postings = []
+            remaining = amount
+            for original in order:
+                done = scratch.reversed_of(original)
+                take = min(remaining, original.amount - done)
+                if take <= 0:
+                    continue
+                remaining -= take
+                scratch.reversed[original.id] = (original, done + take)
+                posting = _Posting(
+                    batch.next_transfer_id(), op_row=row_id, leg=leg, item_id=op.key, funding=original.funding,
+                    code=reversal.code, debit=original.credit, credit=original.debit, amount=take,
+                    context_type=original.context_type, context_id=original.context_id,
+                    counterparty_id=original.counterparty_id, fee_bps=original.fee_bps,
+                    reverses=original.id, overdraw=reversal.code == "CLAWBACK",
+                )  # fmt: skip
+                scratch.post(posting)
+                postings.append(posting)
+            first = posts[0]
+            debit_ref = batch.accounts[first.credit].ref
+            credit_ref = batch.accounts[first.debit].ref
+            response.transfers.append(
+                self._transfer_pb(batch, first.item_id, debit_ref, credit_ref, amount, reversal.code,
+                                  first.context_type, first.context_id, first.counterparty_id, first.fee_bps, postings)
+            )  # fmt: skip
+        return response
+
+    def _apply_hold(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.Hold:
+        spec: HoldSpec = op.payload
+        account_id = self._ids[spec.account]
+        destination_id = self._ids[spec.destination]
+        if spec.account.must_not_go_negative and scratch.available(account_id) < spec.amount:
+            raise _Refused(precondition("HOLD_EXCEEDS_AVAILABLE",
+                                        f"cannot hold {spec.amount}: only {scratch.available(account_id)} available",
+                                        available=str(scratch.available(account_id))))  # fmt: skip
+        scratch.reserve(account_id, spec.amount)
+        expires_at = batch.now + dt.timedelta(seconds=spec.ttl_seconds)
+        batch.new_holds.append((row_id, op.scope, spec.hold_id, account_id, destination_id, spec.account.asset,
+                                spec.amount, spec.code, spec.context_type, spec.context_id, expires_at))  # fmt: skip
+        return pb.Hold(
+            hold_id=spec.hold_id, account=spec.account.to_pb(), destination=spec.destination.to_pb(),
+            amount=spec.amount, status=pb.HOLD_STATUS_OPEN, code=model.TRANSFER_CODE_ENUM[spec.code],
+            context_type=spec.context_type, context_id=spec.context_id, expire_time=timestamp(expires_at),
+            create_time=timestamp(batch.now),
+        )  # fmt: skip
+
+    def hold_pb(self, hold: _Hold) -> pb.Hold:
+        message = pb.Hold(
+            hold_id=hold.key, account=self._refs[hold.account_id].to_pb(),
+            destination=self._refs[hold.destination_id].to_pb(), amount=hold.amount,
+            captured_amount=hold.captured, status=pb.HoldStatus.Value(f"HOLD_STATUS_{hold.status}"),
+            code=model.TRANSFER_CODE_ENUM[hold.code], context_type=hold.context_type, context_id=hold.context_id,
+            expire_time=timestamp(hold.expires_at), create_time=timestamp(hold.created_at),
+        )  # fmt: skip
+        if hold.resolved_at is not None:
+            message.resolve_time.CopyFrom(timestamp(hold.resolved_at))
+        return message
+
+    def _resolve_hold(self, batch: _Batch, scratch: _Scratch, op: Op) -> _Hold:
+        resolution: Resolution = op.payload
+        hold = batch.holds.get((op.scope, resolution.hold_id))
+        if hold is None:
+            raise _Refused(not_found("HOLD_NOT_FOUND", f"no hold {resolution.hold_id!r}"), record=False)
+        if hold.status == "OPEN" and hold.expires_at <= batch.now:
+            # Expired by database time but not yet swept: expire it now, in this transaction.
+            hold.status, hold.resolved_at, hold.dirty = "EXPIRED", batch.now, True
+            batch.accounts[hold.account_id].pending -= hold.amount
+            batch.touched.add((batch.accounts[hold.account_id].ref.owner_id, batch.accounts[hold.account_id].ref.asset))
+        if hold.status != "OPEN":
+            raise _Refused(precondition(f"HOLD_ALREADY_{hold.status}", f"hold {hold.key!r} is already {hold.status.lower()}",
+                                        status=hold.status))  # fmt: skip
+        return hold
+
+    def _apply_capture(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.CaptureHoldResponse:
+        hold = self._resolve_hold(batch, scratch, op)
+        amount = op.payload.amount or hold.amount
+        if amount > hold.amount:
+            raise _Refused(precondition("CAPTURE_EXCEEDS_HOLD", f"hold {hold.key!r} reserves {hold.amount}, asked {amount}",
+                                        held=str(hold.amount)))  # fmt: skip
+        scratch.reserve(hold.account_id, -hold.amount)
+        posting = _Posting(
+            batch.next_transfer_id(), op_row=row_id, leg=0, item_id=hold.key, funding=_funding_of(self._refs[hold.account_id]),
+            code=hold.code, debit=hold.account_id, credit=hold.destination_id, amount=amount,
+            context_type=hold.context_type, context_id=hold.context_id, counterparty_id="", fee_bps=0,
+        )  # fmt: skip
+        scratch.post(posting)
+        hold.status, hold.captured, hold.resolved_at, hold.dirty = "CAPTURED", amount, batch.now, True
+        hold.capture_transfer_id = posting.id
+        transfer = self._transfer_pb(batch, hold.key, self._refs[hold.account_id], self._refs[hold.destination_id], amount,
+                                     hold.code, hold.context_type, hold.context_id, "", 0, [posting])  # fmt: skip
+        return pb.CaptureHoldResponse(hold=self.hold_pb(hold), transfer=transfer)
+
+    def _apply_void(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.VoidHoldResponse:
+        hold = self._resolve_hold(batch, scratch, op)
+        scratch.reserve(hold.account_id, -hold.amount)
+        hold.status, hold.resolved_at, hold.dirty = "VOIDED", batch.now, True
+        return pb.VoidHoldResponse(hold=self.hold_pb(hold))
+
+    def _apply_adjust(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.Transfer:
+        adjustment: Adjustment = op.payload
+        account, counter = adjustment.account, adjustment.counter
+        debit, credit = (counter, account) if adjustment.amount > 0 else (account, counter)
+        item = Item(op.key, debit, credit, abs(adjustment.amount), adjustment.code, adjustment.context_type,
+                    adjustment.context_id, "", 0)  # fmt: skip
+        transfer = self._spend(batch, scratch, item, row_id, 0)
+        if adjustment.reason:
+            batch.notes.append((scratch.postings[-1].id, adjustment.admin_id, adjustment.reason))
+        return transfer
+
+    _apply_grant = _apply_adjust
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _funding_of(ref: Ref) -> str:
+    return ref.code.removeprefix("USER_") if ref.code in (model.PROMOTIONAL, model.PURCHASED) else "NONE"
+
+
+def _refs_of(op: Op) -> list[tuple[Ref, bool]]:
+    """The accounts an op names, each with whether naming it may create it (credits may)."""
+    if op.kind == "TRANSFER":
+        items = [op.payload]
+    elif op.kind == "BATCH":
+        items = list(op.payload)
+    elif op.kind in ("ADJUST", "GRANT"):
+        a: Adjustment = op.payload
+        return [(a.account, a.amount > 0), (a.counter, True)]
+    elif op.kind == "HOLD":
+        h: HoldSpec = op.payload
+        return [(h.account, not h.account.must_not_go_negative), (h.destination, True)]
+    else:
+        return []
+    refs: list[tuple[Ref, bool]] = []
+    for item in items:
+        if item.debit.code == model.WALLET:
+            refs.append((Ref(item.debit.owner_id, item.debit.asset, model.PROMOTIONAL), False))
+            refs.append((Ref(item.debit.owner_id, item.debit.asset, model.PURCHASED), False))
+        else:
+            refs.append((item.debit, not item.debit.must_not_go_negative))
+        refs.append((item.credit, True))
+    return refs
+
+
+def _wallet_halves_ok(unknown: list[Ref], ids: dict[Ref, int]) -> list[Ref]:
+    """A USER_WALLET debit needs only one of its two accounts to exist."""
+    remaining = []
+    for ref in unknown:
+        if ref.code in (model.PROMOTIONAL, model.PURCHASED):
+            other = Ref(
+                ref.owner_id, ref.asset, model.PURCHASED if ref.code == model.PROMOTIONAL else model.PROMOTIONAL
+            )
+            if other in ids:
+                continue
+        remaining.append(ref)
+    return remaining
+
+
+def _postings_bound(op: Op) -> int:
+    if op.kind == "TRANSFER":
+        return 2
+    if op.kind == "BATCH":
+        return 2 * len(op.payload)
+    if op.kind == "REVERSAL":
+        return 0  # known only once the originals are loaded; see _lock_originals
+    return 2
+
+
+def _mismatch(op: Op, stored_fields: dict) -> DomainError | None:
+    if stored_fields == op.fields:
+        return None
+    keys = set(stored_fields) | set(op.fields)
+    ordered = [k for k in _FIELD_ORDER if k in keys] + sorted(keys - set(_FIELD_ORDER))
+    for key in ordered:
+        if stored_fields.get(key) != op.fields.get(key):
+            return already_exists(
+                f"ID_REUSED_{key.upper()}",
+                f"id {op.key!r} was already used with a different {key}",
+                field=key,
+                id=op.key,
+            )
+    raise AssertionError("fields differ but no key differs")
+
+
+def _replay_stored(op: Op, stored: tuple) -> tuple[bool, bytes] | DomainError:
+    fields, ok, response = stored
+    assert response, f"operation {op.identity} has no stored answer"
+    return _mismatch(op, fields) or (ok, response)
+
+
+def _replay(op: Op, leader: Op, leader_future: asyncio.Future) -> tuple[bool, bytes] | DomainError:
+    """A duplicate within one batch gets the leader's answer (or the reused-id refusal)."""
+    mismatch = _mismatch(op, leader.fields)
+    if mismatch:
+        return mismatch
+    exc = leader_future.exception()
+    if exc is not None:
+        return exc
+    return leader_future.result()
+
+
+def _settle(future: asyncio.Future, result: tuple[bool, bytes] | DomainError) -> None:
+    if future.done():
+        return
+    if isinstance(result, DomainError):
+        future.set_exception(result)
+        return
+    ok, response = result
+    if ok:
+        future.set_result(response)
+    else:
+        future.set_exception(DomainError.from_status(status_pb2.Status.FromString(response)))

@@ -1,0 +1,106 @@
+"""Service identity and user delegation between Fanbank processes (DESIGN.md "Edge").
+
+Every caller signs each call with its own key: HMAC-SHA256 over (caller, user, roles, method,
+expiry). A service believes the user id and roles only when the signature verifies and the caller is
+allowed to act for users; a caller with no user acts as itself and must be an internal service.
+The expiry is wall-clock time: it bounds replay of captured metadata between hosts, which is a
+transport concern, not business time (the controllable clock does not apply to it).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+from shared.config import Settings
+from shared.errors import unauthenticated
+
+CALLER = "x-fanbank-caller"
+USER = "x-fanbank-user"
+ROLES = "x-fanbank-roles"
+EXPIRES = "x-fanbank-expires"
+SIGNATURE = "x-fanbank-signature"
+
+ROLE_ADMIN = "admin"
+ROLE_CREATOR = "creator"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a call is for: a service acting as itself (user is None) or on behalf of a user."""
+
+    caller: str
+    user: str | None
+    roles: frozenset[str]
+    internal: bool
+
+    @property
+    def is_admin(self) -> bool:
+        return self.user is not None and ROLE_ADMIN in self.roles
+
+    @property
+    def is_service(self) -> bool:
+        return self.user is None and self.internal
+
+
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("fanbank_principal")
+# Set by a service that is acting for a user when it calls another service (the edge does this).
+acting_user: contextvars.ContextVar[tuple[str, tuple[str, ...]] | None] = contextvars.ContextVar(
+    "fanbank_acting_user", default=None
+)
+
+
+def _payload(caller: str, user: str, roles: str, method: str, expires: str) -> bytes:
+    return "\n".join((caller, user, roles, method, expires)).encode()
+
+
+def sign(
+    key: bytes,
+    caller: str,
+    method: str,
+    user: str | None = None,
+    roles: tuple[str, ...] = (),
+    ttl_seconds: int = 60,
+    now: float | None = None,
+) -> list[tuple[str, str]]:
+    expires = str(int((now if now is not None else time.time()) + ttl_seconds))
+    roles_text = ",".join(sorted(roles))
+    user_text = user or ""
+    mac = hmac.new(key, _payload(caller, user_text, roles_text, method, expires), hashlib.sha256).hexdigest()
+    metadata = [(CALLER, caller), (EXPIRES, expires), (SIGNATURE, mac)]
+    if user:
+        metadata += [(USER, user_text), (ROLES, roles_text)]
+    return metadata
+
+
+def verify(settings: Settings, metadata: dict[str, str], method: str, now: float | None = None) -> Principal:
+    caller = metadata.get(CALLER)
+    signature = metadata.get(SIGNATURE)
+    expires = metadata.get(EXPIRES)
+    if not caller or not signature or not expires:
+        raise unauthenticated("UNSIGNED_CALL", "call carries no service signature")
+    key = settings.service_keys.get(caller)
+    if key is None:
+        raise unauthenticated("UNKNOWN_CALLER", f"caller {caller!r} has no key here")
+    user = metadata.get(USER, "")
+    roles = metadata.get(ROLES, "")
+    expected = hmac.new(key, _payload(caller, user, roles, method, expires), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, signature):
+        raise unauthenticated("BAD_SIGNATURE", "service signature does not verify")
+    try:
+        expires_at = int(expires)
+    except ValueError:
+        raise unauthenticated("BAD_SIGNATURE", "malformed expiry") from None
+    if expires_at < (now if now is not None else time.time()):
+        raise unauthenticated("SIGNATURE_EXPIRED", "service signature has expired")
+    internal = caller in settings.internal_callers
+    if user:
+        if caller not in settings.user_delegates:
+            raise unauthenticated("CALLER_MAY_NOT_ACT_FOR_USERS", f"{caller!r} may not act for users")
+        return Principal(caller, user, frozenset(r for r in roles.split(",") if r), internal)
+    if not internal:
+        raise unauthenticated("CALLER_NOT_INTERNAL", f"{caller!r} may only call on behalf of a user")
+    return Principal(caller, None, frozenset(), True)

@@ -1,0 +1,138 @@
+"""Runtime settings: `FANBANK_*` environment variables plus the preset named by FANBANK_PRESET.
+
+Every knob a deployment may turn is read here, once, so a service never reads the environment
+itself. README.md carries the same table for operators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SERVICES = ("wallet", "billing", "streams", "gifts", "payouts")
+DEFAULT_PORTS = {"wallet": 50051, "billing": 50052, "streams": 50053, "gifts": 50054, "payouts": 50055}
+# Callers that may move any account: the services themselves and the platform's own backend.
+DEFAULT_INTERNAL_CALLERS = (*SERVICES, "platform", "admin")
+# Callers whose signed user id and roles a service believes.
+DEFAULT_USER_DELEGATES = ("edge", "platform")
+# Used only when no FANBANK_SERVICE_KEYS is configured, so `make up` works out of the box. Its use
+# is logged as a warning at start-up; a deployment sets real keys.
+DEV_SECRET = "fanbank-dev-secret-not-for-production"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def _int(name: str, default: int, lo: int, hi: int) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _csv(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = _env(name)
+    if raw is None:
+        return default
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def dev_key(service: str) -> bytes:
+    return hmac.new(DEV_SECRET.encode(), service.encode(), hashlib.sha256).digest()
+
+
+def _service_keys() -> tuple[dict[str, bytes], bool]:
+    """FANBANK_SERVICE_KEYS="edge:<secret>,gifts:<secret>,…" — one key per calling identity."""
+    raw = _env("FANBANK_SERVICE_KEYS")
+    if raw is None:
+        names = (*DEFAULT_INTERNAL_CALLERS, *DEFAULT_USER_DELEGATES)
+        return {name: dev_key(name) for name in names}, True
+    keys: dict[str, bytes] = {}
+    for item in raw.split(","):
+        name, sep, secret = item.strip().partition(":")
+        if not sep or not name or len(secret) < 16:
+            raise ConfigError("FANBANK_SERVICE_KEYS items are name:secret with a secret of ≥ 16 characters")
+        keys[name] = secret.encode()
+    return keys, False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None
+    redis_url: str | None
+    preset_name: str
+    data_dir: Path
+    host: str
+    ports: dict[str, int]
+    # Where each service is reached: FANBANK_<SERVICE>_ADDR, default host:port of this machine.
+    addresses: dict[str, str]
+    service_keys: dict[str, bytes]
+    using_dev_keys: bool
+    internal_callers: frozenset[str]
+    user_delegates: frozenset[str]
+    identity: str
+    clock_mode: str
+    db_pool_size: int
+    log_level: str
+    signature_ttl_seconds: int
+    shutdown_grace_seconds: int
+    wallet_batch_max: int
+    wallet_committers: int
+    wallet_hold_sweep_ms: int
+
+    def key_for(self, caller: str) -> bytes:
+        try:
+            return self.service_keys[caller]
+        except KeyError:
+            raise ConfigError(f"no service key configured for identity {caller!r}") from None
+
+
+def load_settings() -> Settings:
+    keys, dev = _service_keys()
+    clock_mode = _env("FANBANK_CLOCK", "system")
+    if clock_mode not in ("system", "controlled"):
+        raise ConfigError("FANBANK_CLOCK must be 'system' or 'controlled'")
+    ports = {svc: _int(f"FANBANK_{svc.upper()}_PORT", port, 0, 65535) for svc, port in DEFAULT_PORTS.items()}
+    ports["edge"] = _int("FANBANK_EDGE_PORT", 8080, 0, 65535)
+    host = _env("FANBANK_HOST", "127.0.0.1")
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    addresses = {svc: _env(f"FANBANK_{svc.upper()}_ADDR", f"{connect_host}:{port}") for svc, port in ports.items()}
+    return Settings(
+        database_url=_env("FANBANK_DATABASE_URL"),
+        redis_url=_env("FANBANK_REDIS_URL"),
+        preset_name=_env("FANBANK_PRESET", "digis"),
+        data_dir=Path(_env("FANBANK_DATA_DIR", str(REPO / ".data"))),
+        host=host,
+        ports=ports,
+        addresses=addresses,
+        service_keys=keys,
+        using_dev_keys=dev,
+        internal_callers=frozenset(_csv("FANBANK_INTERNAL_CALLERS", DEFAULT_INTERNAL_CALLERS)),
+        user_delegates=frozenset(_csv("FANBANK_USER_DELEGATES", DEFAULT_USER_DELEGATES)),
+        identity=_env("FANBANK_IDENTITY", "platform"),
+        clock_mode=clock_mode,
+        db_pool_size=_int("FANBANK_DB_POOL_SIZE", 8, 1, 200),
+        log_level=_env("FANBANK_LOG_LEVEL", "INFO"),
+        signature_ttl_seconds=_int("FANBANK_SIGNATURE_TTL_SECONDS", 60, 1, 3600),
+        shutdown_grace_seconds=_int("FANBANK_SHUTDOWN_GRACE_SECONDS", 10, 0, 600),
+        wallet_batch_max=_int("FANBANK_WALLET_BATCH_MAX", 500, 1, 5000),
+        wallet_committers=_int("FANBANK_WALLET_COMMITTERS", 3, 1, 64),
+        wallet_hold_sweep_ms=_int("FANBANK_WALLET_HOLD_SWEEP_MS", 1000, 10, 3_600_000),
+    )

@@ -1,0 +1,105 @@
+"""Database access: one async SQLAlchemy engine per process (psycopg 3), one schema per service,
+and versioned SQL migrations.
+
+Migrations are plain SQL files `services/<service>/migrations/NNNN_name.sql` (and shared ones in
+`shared/migrations/`), applied in order under an advisory lock so several processes starting at
+once apply each exactly once. Each schema records what it applied in `<schema>.schema_migrations`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from shared.config import REPO
+
+log = logging.getLogger(__name__)
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# Arbitrary constant: every process that migrates takes this advisory lock first.
+_MIGRATION_LOCK = 7_301_993_001
+
+
+def async_url(url: str) -> str:
+    """Accepts postgres://, postgresql:// or postgresql+psycopg:// and answers the async driver URL."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    raise ValueError(f"not a PostgreSQL URL: {url!r}")
+
+
+def make_engine(url: str, pool_size: int) -> AsyncEngine:
+    return create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_pre_ping=False,
+        pool_timeout=30,
+        # Our statements are fixed texts with bound parameters; psycopg prepares them server-side
+        # after a few uses, which saves parse/plan on the hot path.
+        connect_args={"prepare_threshold": 2},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    schema: str
+    version: int
+    name: str
+    sql: str
+
+
+def migrations_for(schema: str, folder: Path) -> list[Migration]:
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _MIGRATION_NAME.match(path.name)
+        if not match:
+            raise ValueError(f"migration file name must be NNNN_name.sql: {path}")
+        found.append(Migration(schema, int(match.group(1)), path.stem, path.read_text()))
+    versions = [m.version for m in found]
+    assert versions == sorted(set(versions)), f"duplicate migration versions in {folder}"
+    return found
+
+
+def all_migrations() -> list[Migration]:
+    """Shared infrastructure first (the clock), then each service that has migrations."""
+    result = migrations_for("fanbank_shared", REPO / "shared" / "migrations")
+    for folder in sorted((REPO / "services").glob("*/migrations")):
+        result += migrations_for(folder.parent.name, folder)
+    return result
+
+
+async def migrate(engine: AsyncEngine, migrations: list[Migration] | None = None) -> list[str]:
+    """Applies what is missing; answers the names applied now."""
+    applied_now: list[str] = []
+    async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+        for migration in migrations if migrations is not None else all_migrations():
+            schema = migration.schema
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            await conn.execute(
+                text(
+                    f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations ('
+                    "version integer PRIMARY KEY, name text NOT NULL, "
+                    "applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
+            done = await conn.scalar(
+                text(f'SELECT count(*) FROM "{schema}".schema_migrations WHERE version = :v'),
+                {"v": migration.version},
+            )
+            if done:
+                continue
+            await conn.exec_driver_sql(migration.sql)
+            await conn.execute(
+                text(f'INSERT INTO "{schema}".schema_migrations (version, name) VALUES (:v, :n)'),
+                {"v": migration.version, "n": migration.name},
+            )
+            applied_now.append(f"{schema}/{migration.name}")
+            log.info("migration applied", extra={"migration": f"{schema}/{migration.name}"})
+    return applied_now

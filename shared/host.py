@@ -1,0 +1,57 @@
+"""Hosting a Fanbank service in a process: engine, the service's own background work, the gRPC
+runtime, and the order things stop in. Every service is hosted the same way; a service module
+only provides a class with `registration()`, `start()` and `stop()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.clock import refuse_controlled_clock_in_production
+from shared.config import Settings
+from shared.db import make_engine
+from shared.server import Registration, Runtime, start_server
+
+log = logging.getLogger(__name__)
+
+# Which class implements each service. A service appears here once it exists.
+SERVICE_CLASSES = {
+    "wallet": "services.wallet.server:Wallet",
+}
+
+
+class Service(Protocol):
+    def registration(self) -> Registration: ...
+    def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def service_class(name: str) -> type:
+    try:
+        module_name, _, class_name = SERVICE_CLASSES[name].partition(":")
+    except KeyError:
+        raise SystemExit(f"unknown service {name!r}; known: {', '.join(SERVICE_CLASSES)}") from None
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+async def host(
+    name: str, settings: Settings, port: int | None = None, engine: AsyncEngine | None = None
+) -> tuple[Runtime, Service]:
+    """Starts service `name` on `port` (its configured port if None; 0 picks a free one)."""
+    if settings.database_url is None:
+        raise SystemExit("FANBANK_DATABASE_URL is not set (`fanbank up` starts an embedded database)")
+    own_engine = engine is None
+    engine = engine or make_engine(settings.database_url, settings.db_pool_size)
+    await refuse_controlled_clock_in_production(engine, settings.clock_mode)
+    service = service_class(name)(settings, engine, settings.database_url)
+    service.start()
+    runtime = await start_server(settings, [service.registration()], settings.ports[name] if port is None else port)
+    runtime.on_stop.append(service.stop)
+    if own_engine:
+        runtime.on_stop.append(engine.dispose)
+    log.info("serving", extra={"port": runtime.port})
+    return runtime, service

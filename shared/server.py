@@ -1,0 +1,207 @@
+"""The gRPC runtime every service runs on: a `grpc.aio` server with health, reflection, the
+interceptor that authenticates, tags and logs each call and maps domain errors to
+`google.rpc.Status`, and graceful shutdown (NOT_SERVING → drain → stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from shared import auth, logs
+from shared.config import Settings
+from shared.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+# Health and reflection answer anyone: probes and generic clients carry no service signature.
+_OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# Bounds on what one connection may send; requests larger than this are refused by gRPC itself.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def _internal_status(message: str):
+    error = DomainError(grpc.StatusCode.INTERNAL, "INTERNAL", message)
+    return rpc_status.to_status(error.to_status())
+
+
+class RuntimeInterceptor(grpc.aio.ServerInterceptor):
+    """Request id, caller authentication, JSON access log and error mapping for every RPC."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_OPEN_PREFIXES):
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise AssertionError(f"{method}: only unary and server-streaming RPCs exist in Fanbank")
+
+    def _begin(self, method: str, context) -> None:
+        metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+        logs.request_id.set(metadata.get("x-request-id") or uuid.uuid4().hex)
+        auth.current_principal.set(auth.verify(self.settings, metadata, method))
+
+    def _finish(self, method: str, started: float, code: grpc.StatusCode, reason: str = "") -> None:
+        principal = auth.current_principal.get(None)
+        level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
+        if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            level = logging.ERROR
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "rpc",
+                extra={
+                    "method": method,
+                    "code": code.name,
+                    "reason": reason,
+                    "ms": round((time.perf_counter() - started) * 1000, 3),
+                    "caller": principal.caller if principal else None,
+                    "user": principal.user if principal else None,
+                },
+            )
+
+    def _wrap_unary(self, method: str, behavior: Callable[..., Awaitable]):
+        async def wrapper(request, context):
+            started = time.perf_counter()
+            try:
+                self._begin(method, context)
+                response = await behavior(request, context)
+            except DomainError as error:
+                self._finish(method, started, error.code, error.reason)
+                await context.abort_with_status(rpc_status.to_status(error.to_status()))
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("unhandled error", extra={"method": method})
+                self._finish(method, started, grpc.StatusCode.INTERNAL, "INTERNAL")
+                await context.abort_with_status(_internal_status("internal error"))
+            self._finish(method, started, grpc.StatusCode.OK)
+            return response
+
+        return wrapper
+
+    def _wrap_stream(self, method: str, behavior: Callable):
+        async def wrapper(request, context):
+            started = time.perf_counter()
+            try:
+                self._begin(method, context)
+                async for item in behavior(request, context):
+                    yield item
+            except DomainError as error:
+                self._finish(method, started, error.code, error.reason)
+                await context.abort_with_status(rpc_status.to_status(error.to_status()))
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("unhandled error", extra={"method": method})
+                self._finish(method, started, grpc.StatusCode.INTERNAL, "INTERNAL")
+                await context.abort_with_status(_internal_status("internal error"))
+            self._finish(method, started, grpc.StatusCode.OK)
+
+        return wrapper
+
+
+@dataclass
+class Registration:
+    """One gRPC service to host: its full name (for health and reflection) and how to add it."""
+
+    full_name: str
+    add: Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class Runtime:
+    server: grpc.aio.Server
+    health: HealthServicer
+    port: int
+    names: list[str]
+    grace_seconds: int
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _stopped: bool = False
+
+    async def stop(self) -> None:
+        """NOT_SERVING first so load balancers and probes move away, then drain, then stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_seconds)
+        for hook in self.on_stop:
+            await hook()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_server(
+    settings: Settings,
+    registrations: Iterable[Registration],
+    port: int,
+    host: str | None = None,
+    extra_options: Iterable[tuple[str, object]] = (),
+) -> Runtime:
+    """Builds and starts the server; answers the runtime with the bound port (port 0 picks one)."""
+    server = grpc.aio.server(
+        interceptors=[RuntimeInterceptor(settings)],
+        options=[
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            *extra_options,
+        ],
+    )
+    registrations = list(registrations)
+    for registration in registrations:
+        registration.add(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [r.full_name for r in registrations]
+    reflection.enable_server_reflection(
+        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    bound = server.add_insecure_port(f"{host or settings.host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"could not bind {host or settings.host}:{port}")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    for name in names:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Runtime(server, health, bound, names, settings.shutdown_grace_seconds)
+
+
+async def run_until_signalled(runtimes: list[Runtime]) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts every runtime down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await asyncio.gather(*(runtime.stop() for runtime in runtimes))

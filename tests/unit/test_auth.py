@@ -1,0 +1,81 @@
+import dataclasses
+
+import pytest
+
+from shared import auth
+from shared.config import load_settings
+from shared.errors import DomainError
+
+
+@pytest.fixture
+def settings():
+    return load_settings()
+
+
+def _meta(pairs):
+    return dict(pairs)
+
+
+def test_service_call_verifies(settings):
+    md = auth.sign(settings.key_for("gifts"), "gifts", "/m")
+    principal = auth.verify(settings, _meta(md), "/m")
+    assert principal.is_service and principal.caller == "gifts" and principal.user is None
+
+
+def test_user_from_delegate(settings):
+    md = auth.sign(settings.key_for("edge"), "edge", "/m", user="fan1", roles=("admin",))
+    principal = auth.verify(settings, _meta(md), "/m")
+    assert principal.user == "fan1" and principal.is_admin and not principal.is_service
+
+
+@pytest.mark.parametrize(
+    "mutate, reason",
+    [
+        (lambda md: {}, "UNSIGNED_CALL"),
+        (lambda md: {**md, auth.SIGNATURE: "0" * 64}, "BAD_SIGNATURE"),
+        (lambda md: {**md, auth.USER: "someone-else"}, "BAD_SIGNATURE"),
+        (lambda md: {**md, auth.ROLES: "admin"}, "BAD_SIGNATURE"),
+        (lambda md: {**md, auth.CALLER: "stranger"}, "UNKNOWN_CALLER"),
+    ],
+)
+def test_tampering_is_refused(settings, mutate, reason):
+    md = _meta(auth.sign(settings.key_for("edge"), "edge", "/m", user="fan1"))
+    with pytest.raises(DomainError) as error:
+        auth.verify(settings, mutate(md), "/m")
+    assert error.value.reason == reason
+
+
+def test_signature_is_bound_to_method(settings):
+    md = _meta(auth.sign(settings.key_for("gifts"), "gifts", "/a"))
+    with pytest.raises(DomainError) as error:
+        auth.verify(settings, md, "/b")
+    assert error.value.reason == "BAD_SIGNATURE"
+
+
+def test_expired(settings):
+    md = _meta(auth.sign(settings.key_for("gifts"), "gifts", "/m", ttl_seconds=1, now=1000))
+    with pytest.raises(DomainError) as error:
+        auth.verify(settings, md, "/m", now=1002)
+    assert error.value.reason == "SIGNATURE_EXPIRED"
+
+
+def test_user_metadata_from_non_delegate(settings):
+    md = _meta(auth.sign(settings.key_for("gifts"), "gifts", "/m", user="fan1", roles=("admin",)))
+    with pytest.raises(DomainError) as error:
+        auth.verify(settings, md, "/m")
+    assert error.value.reason == "CALLER_MAY_NOT_ACT_FOR_USERS"
+
+
+def test_edge_alone_is_not_internal(settings):
+    md = _meta(auth.sign(settings.key_for("edge"), "edge", "/m"))
+    with pytest.raises(DomainError) as error:
+        auth.verify(settings, md, "/m")
+    assert error.value.reason == "CALLER_NOT_INTERNAL"
+
+
+def test_configured_keys(monkeypatch):
+    monkeypatch.setenv("FANBANK_SERVICE_KEYS", "edge:0123456789abcdef0123,gifts:fedcba9876543210fedc")
+    settings = load_settings()
+    assert not settings.using_dev_keys
+    md = _meta(auth.sign(b"0123456789abcdef0123", "edge", "/m", user="u"))
+    assert auth.verify(dataclasses.replace(settings), md, "/m").user == "u"
