@@ -1,0 +1,74 @@
+"""SIGTERM on a Wallet process: health turns NOT_SERVING, in-flight calls finish, the process exits 0."""
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
+from tests.harness import Caller, migrated_engine, settings_for
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _wait_serving(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(300):
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{target} never became healthy")
+
+
+async def test_sigterm_drains_and_exits_cleanly(database_url):
+    settings = settings_for(database_url)
+    engine = await migrated_engine(settings)
+    await engine.dispose()
+    port = _free_port()
+    env = dict(os.environ, FANBANK_DATABASE_URL=database_url, FANBANK_LOG_LEVEL="WARNING",
+               FANBANK_SHUTDOWN_GRACE_SECONDS="5", FANBANK_CLOCK="controlled")  # fmt: skip
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "serve", "wallet", "--port", str(port), env=env
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        await _wait_serving(target)
+        caller = Caller(settings, target)
+        async with grpc.aio.insecure_channel(target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="fanbank.wallet.v1.WalletService"))
+            first = await watch.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+            # Calls in flight when SIGTERM arrives must still be answered.
+            grants = [
+                caller.wallet.GrantPromotion(pb.GrantPromotionRequest(request_id=f"g{i}", owner_id="fan", amount=1))
+                for i in range(50)
+            ]
+            process.send_signal(signal.SIGTERM)
+            answered = await asyncio.gather(*grants, return_exceptions=True)
+            second = await asyncio.wait_for(watch.read(), 10)
+            assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        ok = [a for a in answered if isinstance(a, pb.GrantPromotionResponse)]
+        refused = [a for a in answered if isinstance(a, grpc.aio.AioRpcError)]
+        # Anything not answered was refused as UNAVAILABLE (not started before the drain), never half-done.
+        assert all(e.code() == grpc.StatusCode.UNAVAILABLE for e in refused), refused
+        assert len(ok) + len(refused) == 50
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+        await caller.close()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
