@@ -130,6 +130,10 @@ class _Waiter:
     future: asyncio.Future
 
 
+class _AccountRace(Exception):
+    """Another process created an account this batch meant to create; the batch is retried."""
+
+
 class _Refused(Exception):
     """An op refused during apply; `record` says whether a retry must get the same answer."""
 
@@ -153,9 +157,38 @@ class _Batch:
     reversed: dict[int, int] = field(default_factory=dict)
     notes: list[tuple[int, str, str]] = field(default_factory=list)
     touched: set[tuple[str, str]] = field(default_factory=set)
+    # Natural key → id for every account the batch may touch; new accounts have provisional
+    # negative ids until `renumber`.
+    ids: dict[Ref, int] = field(default_factory=dict)
+    used_new: set[int] = field(default_factory=set)
+    created: list[_Account] = field(default_factory=list)
 
     def next_transfer_id(self) -> int:
         return self.transfer_ids.pop()
+
+    def add_new_account(self, provisional_id: int, ref: Ref) -> None:
+        assert provisional_id < 0
+        self.accounts[provisional_id] = _Account(provisional_id, ref, 0, 0)
+        self.ids[ref] = provisional_id
+
+    def use(self, account_id: int) -> None:
+        if account_id < 0:
+            self.used_new.add(account_id)
+
+    def renumber(self, real: dict[int, int]) -> None:
+        """Replaces provisional account ids by the ids the database gave the new accounts."""
+        for posting in self.postings:
+            posting.debit = real.get(posting.debit, posting.debit)
+            posting.credit = real.get(posting.credit, posting.credit)
+        self.entries = [(t, real.get(a, a), amount, after) for t, a, amount, after in self.entries]
+        self.new_holds = [(*h[:3], real.get(h[3], h[3]), real.get(h[4], h[4]), *h[5:]) for h in self.new_holds]
+        for provisional, account_id in real.items():
+            account = self.accounts.pop(provisional)
+            account.id = account_id
+            self.accounts[account_id] = account
+            self.created.append(account)
+        for account_id in [i for i in self.accounts if i < 0]:
+            del self.accounts[account_id]
 
 
 class _Scratch:
@@ -167,6 +200,7 @@ class _Scratch:
         self.delta_pending: dict[int, int] = defaultdict(int)
         self.postings: list[_Posting] = []
         self.reversed: dict[int, tuple[_Original, int]] = {}
+        self.used: set[int] = set()
 
     def reversed_of(self, original: _Original) -> int:
         return self.reversed.get(original.id, (original, original.reversed))[1]
@@ -198,6 +232,7 @@ class _Scratch:
         batch = self.batch
         for posting in self.postings:
             for account_id, signed in ((posting.debit, -posting.amount), (posting.credit, posting.amount)):
+                batch.use(account_id)
                 account = batch.accounts[account_id]
                 account.posted += signed
                 batch.entries.append((posting.id, account_id, signed, account.posted))
@@ -206,7 +241,10 @@ class _Scratch:
         for original, reversed_amount in self.reversed.values():
             original.reversed = reversed_amount
             batch.reversed[original.id] = reversed_amount
+        for account_id in self.used:
+            batch.use(account_id)
         for account_id, delta in self.delta_pending.items():
+            batch.use(account_id)
             account = batch.accounts[account_id]
             account.pending += delta
             assert account.pending >= 0, f"pending below zero on account {account_id}"
@@ -223,7 +261,6 @@ class Ledger:
         # piling unbounded work into memory.
         self._queue: asyncio.Queue[_Waiter] = asyncio.Queue(maxsize=batch_max * committers * 4)
         self._ids: dict[Ref, int] = {}
-        self._refs: dict[int, Ref] = {}
         self._tasks: list[asyncio.Task] = []
         self.statements_in_last_batch = 0
 
@@ -263,49 +300,44 @@ class Ledger:
 
     # ---- accounts ----------------------------------------------------------------------------
 
-    def ref_of(self, account_id: int) -> Ref:
-        return self._refs[account_id]
-
     def _remember(self, account_id: int, ref: Ref) -> None:
         self._ids[ref] = account_id
-        self._refs[account_id] = ref
 
-    async def resolve(self, refs: set[Ref], create: set[Ref]) -> dict[Ref, int]:
-        """Answers the ids of the accounts that exist, creating those in `create` first."""
-        missing = sorted(r for r in refs | create if r not in self._ids)
-        if missing:
-            to_create = sorted(r for r in missing if r in create)
-            async with self.engine.begin() as conn:
-                if to_create:
-                    await conn.execute(
-                        text(
-                            "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, created_at) "
-                            f"SELECT o, a, c, n, {NOW_SQL} FROM unnest(CAST(:o AS text[]), CAST(:a AS text[]), "
-                            "CAST(:c AS text[]), CAST(:n AS boolean[])) AS u(o, a, c, n) ORDER BY o, a, c "
-                            "ON CONFLICT (owner_id, asset, code) DO NOTHING"
-                        ),
-                        {
-                            "o": [r.owner_id for r in to_create],
-                            "a": [r.asset for r in to_create],
-                            "c": [r.code for r in to_create],
-                            "n": [r.must_not_go_negative for r in to_create],
-                        },
-                    )
-                rows = await conn.execute(
-                    text(
-                        "SELECT a.id, a.owner_id, a.asset, a.code FROM wallet.accounts a "
-                        "JOIN unnest(CAST(:o AS text[]), CAST(:a AS text[]), CAST(:c AS text[])) AS u(o, s, c) "
-                        "ON a.owner_id = u.o AND a.asset = u.s AND a.code = u.c"
-                    ),
-                    {
-                        "o": [r.owner_id for r in missing],
-                        "a": [r.asset for r in missing],
-                        "c": [r.code for r in missing],
-                    },
-                )
-                for row in rows:
-                    self._remember(row.id, Ref(row.owner_id, row.asset, row.code))
-        return {r: self._ids[r] for r in refs | create if r in self._ids}
+    async def create_accounts(self, refs: set[Ref]) -> None:
+        """Creates accounts outright (CreateAccount): the request's whole purpose is the account."""
+        ordered = sorted(refs)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, created_at)"
+                    f" SELECT o, a, c, n, {NOW_SQL} FROM unnest(CAST(:o AS text[]), CAST(:a AS text[]),"
+                    " CAST(:c AS text[]), CAST(:n AS boolean[])) AS u(o, a, c, n) ORDER BY o, a, c"
+                    " ON CONFLICT (owner_id, asset, code) DO NOTHING"
+                ),
+                {
+                    "o": [r.owner_id for r in ordered],
+                    "a": [r.asset for r in ordered],
+                    "c": [r.code for r in ordered],
+                    "n": [r.must_not_go_negative for r in ordered],
+                },
+            )
+
+    async def _lookup(self, refs: set[Ref]) -> None:
+        """Caches the ids of those of `refs` that exist (the natural key → id mapping never changes)."""
+        missing = sorted(r for r in refs if r not in self._ids)
+        if not missing:
+            return
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT a.id, a.owner_id, a.asset, a.code FROM wallet.accounts a"
+                    " JOIN unnest(CAST(:o AS text[]), CAST(:a AS text[]), CAST(:c AS text[])) AS u(o, s, c)"
+                    " ON a.owner_id = u.o AND a.asset = u.s AND a.code = u.c"
+                ),
+                {"o": [r.owner_id for r in missing], "a": [r.asset for r in missing], "c": [r.code for r in missing]},
+            )
+            for row in rows:
+                self._remember(row.id, Ref(row.owner_id, row.asset, row.code))
 
     # ---- the batch ---------------------------------------------------------------------------
 
@@ -318,15 +350,16 @@ class Ledger:
                 leaders[waiter.op.identity] = waiter
             else:
                 followers.append((waiter, leader))
-        ready = await self._resolve_accounts(list(leaders.values()))
         for attempt in range(1, _MAX_ATTEMPTS + 1):
+            ready, new_refs = await self._resolve_accounts([w for w in leaders.values() if not w.future.done()])
             try:
-                results = await self._transaction(ready)
+                results = await self._transaction(ready, new_refs)
                 break
-            except DBAPIError as exc:
-                if not isinstance(exc.orig, _RETRYABLE) or attempt == _MAX_ATTEMPTS:
+            except (DBAPIError, _AccountRace) as exc:
+                cause = exc.orig if isinstance(exc, DBAPIError) else exc
+                if not isinstance(cause, (*_RETRYABLE, _AccountRace)) or attempt == _MAX_ATTEMPTS:
                     raise
-                log.warning("wallet batch retried", extra={"attempt": attempt, "error": type(exc.orig).__name__})
+                log.warning("wallet batch retried", extra={"attempt": attempt, "error": type(cause).__name__})
         else:  # pragma: no cover - the loop either breaks or raises
             raise AssertionError("unreachable")
         for waiter in ready:
@@ -334,19 +367,18 @@ class Ledger:
         for waiter, leader in followers:
             _settle(waiter.future, _replay(waiter.op, leader.op, leader.future))
 
-    async def _resolve_accounts(self, waiters: list[_Waiter]) -> list[_Waiter]:
-        """Makes sure every account a batch names exists (or refuses ops whose debit is unknown)."""
-        wanted: set[Ref] = set()
-        create: set[Ref] = set()
+    async def _resolve_accounts(self, waiters: list[_Waiter]) -> tuple[list[_Waiter], set[Ref]]:
+        """Finds the accounts a batch names. A missing account an op may create (a credit, a system
+        account) becomes a new account of the batch, written only if an op that uses it succeeds;
+        an op whose debit account does not exist is refused here and changes nothing."""
+        await self._lookup({ref for waiter in waiters for ref, _ in _refs_of(waiter.op)})
+        ready: list[_Waiter] = []
+        new_refs: set[Ref] = set()
         for waiter in waiters:
-            for ref, creatable in _refs_of(waiter.op):
-                (create if creatable else wanted).add(ref)
-        ids = await self.resolve(wanted, create)
-        ready = []
-        for waiter in waiters:
-            unknown = [ref for ref, _ in _refs_of(waiter.op) if ref not in ids]
+            refs = _refs_of(waiter.op)
+            unknown = [ref for ref, creatable in refs if ref not in self._ids and not creatable]
             if waiter.op.kind in ("TRANSFER", "BATCH"):
-                unknown = _wallet_halves_ok(unknown, ids)
+                unknown = _wallet_halves_ok(unknown, self._ids)
             if unknown:
                 ref = unknown[0]
                 waiter.future.set_exception(
@@ -358,26 +390,30 @@ class Ledger:
                         asset=ref.asset,
                     )
                 )
-            else:
-                ready.append(waiter)
-        return ready
+                continue
+            new_refs.update(ref for ref, creatable in refs if creatable and ref not in self._ids)
+            ready.append(waiter)
+        return ready, new_refs
 
-    async def _transaction(self, waiters: list[_Waiter]) -> dict[tuple, tuple[bool, bytes] | DomainError]:
+    async def _transaction(
+        self, waiters: list[_Waiter], new_refs: set[Ref]
+    ) -> dict[tuple, tuple[bool, bytes] | DomainError]:
         results: dict[tuple, tuple[bool, bytes] | DomainError] = {}
         if not waiters:
             return results
         statements = 0
         async with self.engine.begin() as conn:
-            ops = sorted((w.op for w in waiters), key=lambda op: op.identity)
-            rows, transfer_ids = await self._claim(conn, ops)
+            # Idempotency rows are claimed in one global order (deadlock freedom); ops are applied in
+            # the order they arrived, so an independent batch's items are tried in request order.
+            arrival = [w.op for w in waiters]
+            rows, transfer_ids = await self._claim(conn, sorted(arrival, key=lambda op: op.identity))
             statements += 1
-            claimed = {op.identity for op in ops if op.identity in rows}
-            existing = [op for op in ops if op.identity not in claimed]
+            existing = [op for op in arrival if op.identity not in rows]
             if existing:
                 statements += 1
                 for op, stored in await self._stored(conn, existing):
                     results[op.identity] = _replay_stored(op, stored)
-            todo = [op for op in ops if op.identity in claimed]
+            todo = [op for op in arrival if op.identity in rows]
             holds, originals = {}, {}
             if any(op.kind in ("CAPTURE", "VOID") for op in todo):
                 holds = await self._lock_holds(conn, todo)
@@ -391,6 +427,9 @@ class Ledger:
             accounts, now = await self._lock_accounts(conn, account_ids)
             statements += 1
             batch = _Batch(now, accounts, transfer_ids, holds, originals)
+            batch.ids = {account.ref: account.id for account in accounts.values()}
+            for number, ref in enumerate(sorted(new_refs), start=1):
+                batch.add_new_account(-number, ref)
             dropped: list[int] = []
             answers: list[tuple[int, bool, bytes]] = []
             for op in todo:
@@ -407,10 +446,43 @@ class Ledger:
                     else:
                         dropped.append(row_id)
                         results[op.identity] = refused.error
+            if batch.used_new:
+                await self._insert_new_accounts(conn, batch)
+                statements += 1
             await self._write(conn, batch, answers, dropped)
             statements += 3  # the write, BEGIN and COMMIT
+        for account in batch.created:
+            self._remember(account.id, account.ref)
         self.statements_in_last_batch = statements
         return results
+
+    async def _insert_new_accounts(self, conn: AsyncConnection, batch: _Batch) -> None:
+        """Writes the batch's new accounts that a successful op used, with their final balances,
+        and renumbers them from their provisional ids. If another process created one of them
+        meanwhile, its balance is unknown here: the batch is rolled back and retried."""
+        new = sorted((batch.accounts[i] for i in batch.used_new), key=lambda a: a.ref)
+        result = await conn.execute(
+            text(
+                "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, posted, pending, created_at)"
+                " SELECT o, a, c, n, p, q, CAST(:now AS timestamptz) FROM unnest(CAST(:o AS text[]),"
+                " CAST(:a AS text[]), CAST(:c AS text[]), CAST(:n AS boolean[]), CAST(:p AS bigint[]),"
+                " CAST(:q AS bigint[])) AS u(o, a, c, n, p, q) ORDER BY o, a, c"
+                " ON CONFLICT (owner_id, asset, code) DO NOTHING RETURNING id, owner_id, asset, code"
+            ),
+            {
+                "now": batch.now,
+                "o": [a.ref.owner_id for a in new],
+                "a": [a.ref.asset for a in new],
+                "c": [a.ref.code for a in new],
+                "n": [a.ref.must_not_go_negative for a in new],
+                "p": [a.posted for a in new],
+                "q": [a.pending for a in new],
+            },
+        )
+        real = {Ref(r.owner_id, r.asset, r.code): r.id for r in result}
+        if len(real) != len(new):
+            raise _AccountRace()
+        batch.renumber({account.id: real[account.ref] for account in new})
 
     async def _claim(self, conn: AsyncConnection, ops: list[Op]) -> tuple[dict[tuple, int], list[int]]:
         postings_bound = sum(_postings_bound(op) for op in ops)
@@ -592,8 +664,9 @@ class Ledger:
             params.update(
                 e_t=[x[0] for x in e], e_a=[x[1] for x in e], e_amt=[x[2] for x in e], e_bal=[x[3] for x in e]
             )
-        if batch.accounts:
-            accounts = sorted(batch.accounts.values(), key=lambda a: a.id)
+        created = {account.id for account in batch.created}
+        accounts = sorted((a for a in batch.accounts.values() if a.id not in created), key=lambda a: a.id)
+        if accounts:
             parts.append(
                 "a AS (UPDATE wallet.accounts x SET posted = u.p, pending = u.q FROM unnest(CAST(:a_id AS bigint[]),"
                 " CAST(:a_p AS bigint[]), CAST(:a_q AS bigint[])) AS u(id, p, q)"
@@ -677,7 +750,7 @@ class Ledger:
 
     def _spend(self, batch: _Batch, scratch: _Scratch, item: Item, row_id: int, leg: int) -> pb.Transfer:
         """Posts one item; a USER_WALLET debit draws promotional tokens first, then purchased."""
-        credit = self._ids[item.credit]
+        credit = batch.ids[item.credit]
         common = dict(
             op_row=row_id, leg=leg, item_id=item.transfer_id, code=item.code, credit=credit,
             context_type=item.context_type, context_id=item.context_id,
@@ -685,8 +758,8 @@ class Ledger:
         )  # fmt: skip
         postings: list[_Posting] = []
         if item.debit.code == model.WALLET:
-            promo = self._ids.get(Ref(item.debit.owner_id, item.debit.asset, model.PROMOTIONAL))
-            purchased = self._ids.get(Ref(item.debit.owner_id, item.debit.asset, model.PURCHASED))
+            promo = batch.ids.get(Ref(item.debit.owner_id, item.debit.asset, model.PROMOTIONAL))
+            purchased = batch.ids.get(Ref(item.debit.owner_id, item.debit.asset, model.PURCHASED))
             from_promo = min(item.amount, max(scratch.available(promo), 0)) if promo else 0
             if from_promo:
                 postings.append(
@@ -708,7 +781,7 @@ class Ledger:
             )
             postings.append(
                 _Posting(
-                    batch.next_transfer_id(), funding=funding, debit=self._ids[item.debit], amount=item.amount, **common
+                    batch.next_transfer_id(), funding=funding, debit=batch.ids[item.debit], amount=item.amount, **common
                 )
             )
         for posting in postings:
@@ -810,8 +883,9 @@ class Ledger:
 
     def _apply_hold(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.Hold:
         spec: HoldSpec = op.payload
-        account_id = self._ids[spec.account]
-        destination_id = self._ids[spec.destination]
+        account_id = batch.ids[spec.account]
+        destination_id = batch.ids[spec.destination]
+        scratch.used.add(destination_id)
         if spec.account.must_not_go_negative and scratch.available(account_id) < spec.amount:
             raise _Refused(precondition("HOLD_EXCEEDS_AVAILABLE",
                                         f"cannot hold {spec.amount}: only {scratch.available(account_id)} available",
@@ -827,10 +901,10 @@ class Ledger:
             create_time=timestamp(batch.now),
         )  # fmt: skip
 
-    def hold_pb(self, hold: _Hold) -> pb.Hold:
+    def _hold_pb(self, batch: _Batch, hold: _Hold) -> pb.Hold:
         message = pb.Hold(
-            hold_id=hold.key, account=self._refs[hold.account_id].to_pb(),
-            destination=self._refs[hold.destination_id].to_pb(), amount=hold.amount,
+            hold_id=hold.key, account=batch.accounts[hold.account_id].ref.to_pb(),
+            destination=batch.accounts[hold.destination_id].ref.to_pb(), amount=hold.amount,
             captured_amount=hold.captured, status=pb.HoldStatus.Value(f"HOLD_STATUS_{hold.status}"),
             code=model.TRANSFER_CODE_ENUM[hold.code], context_type=hold.context_type, context_id=hold.context_id,
             expire_time=timestamp(hold.expires_at), create_time=timestamp(hold.created_at),
@@ -849,6 +923,8 @@ class Ledger:
             hold.status, hold.resolved_at, hold.dirty = "EXPIRED", batch.now, True
             batch.accounts[hold.account_id].pending -= hold.amount
             batch.touched.add((batch.accounts[hold.account_id].ref.owner_id, batch.accounts[hold.account_id].ref.asset))
+        if hold.status == "EXPIRED":
+            raise _Refused(precondition("HOLD_EXPIRED", f"hold {hold.key!r} expired", status=hold.status))
         if hold.status != "OPEN":
             raise _Refused(precondition(f"HOLD_ALREADY_{hold.status}", f"hold {hold.key!r} is already {hold.status.lower()}",
                                         status=hold.status))  # fmt: skip
@@ -862,22 +938,22 @@ class Ledger:
                                         held=str(hold.amount)))  # fmt: skip
         scratch.reserve(hold.account_id, -hold.amount)
         posting = _Posting(
-            batch.next_transfer_id(), op_row=row_id, leg=0, item_id=hold.key, funding=_funding_of(self._refs[hold.account_id]),
+            batch.next_transfer_id(), op_row=row_id, leg=0, item_id=hold.key, funding=_funding_of(batch.accounts[hold.account_id].ref),
             code=hold.code, debit=hold.account_id, credit=hold.destination_id, amount=amount,
             context_type=hold.context_type, context_id=hold.context_id, counterparty_id="", fee_bps=0,
         )  # fmt: skip
         scratch.post(posting)
         hold.status, hold.captured, hold.resolved_at, hold.dirty = "CAPTURED", amount, batch.now, True
         hold.capture_transfer_id = posting.id
-        transfer = self._transfer_pb(batch, hold.key, self._refs[hold.account_id], self._refs[hold.destination_id], amount,
+        transfer = self._transfer_pb(batch, hold.key, batch.accounts[hold.account_id].ref, batch.accounts[hold.destination_id].ref, amount,
                                      hold.code, hold.context_type, hold.context_id, "", 0, [posting])  # fmt: skip
-        return pb.CaptureHoldResponse(hold=self.hold_pb(hold), transfer=transfer)
+        return pb.CaptureHoldResponse(hold=self._hold_pb(batch, hold), transfer=transfer)
 
     def _apply_void(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.VoidHoldResponse:
         hold = self._resolve_hold(batch, scratch, op)
         scratch.reserve(hold.account_id, -hold.amount)
         hold.status, hold.resolved_at, hold.dirty = "VOIDED", batch.now, True
-        return pb.VoidHoldResponse(hold=self.hold_pb(hold))
+        return pb.VoidHoldResponse(hold=self._hold_pb(batch, hold))
 
     def _apply_adjust(self, batch: _Batch, scratch: _Scratch, op: Op, row_id: int) -> pb.Transfer:
         adjustment: Adjustment = op.payload

@@ -168,7 +168,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         if ref.code == model.WALLET:
             raise invalid("WALLET_IS_VIRTUAL", "USER_WALLET is the pair of purchased and promotional accounts")
         _require_reader(_principal(), ref.owner_id)
-        await self.ledger.resolve(set(), {ref})
+        await self.ledger.create_accounts({ref})
         row = await queries.get_account(self.engine, ref)
         assert row is not None
         return pb.CreateAccountResponse(account=row.to_pb())

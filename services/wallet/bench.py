@@ -1,0 +1,891 @@
+"""`fanbank bench wallet-hot`: fans tip one hot creator through the unary `Transfer` RPC.
+
+One run measures three things on the same machine, with the same clients, concurrency and duration:
+
+- the Wallet: N concurrent clients, one tip per `Transfer` RPC, against a Wallet OS process;
+- a baseline: one row-locked transaction per tip (SELECT … FOR UPDATE of both rows in id order, two
+  UPDATEs, one log INSERT — the seeds' design) on the same database, driver, pool size and
+  durability settings as the Wallet process;
+- a ceiling: a bare `grpc.aio` echo server answering a TransferRequest-sized message.
+
+The load generator runs in separate OS processes (spawned, one asyncio loop each) so that neither the
+Wallet nor the echo server shares an event loop with its clients. Human-readable lines are printed as
+the run goes, with each process's CPU use during the measured window (what limits throughput); the
+last line is one JSON object with the results and the settings.
+
+With FANBANK_DATABASE_URL unset the run starts the embedded stack under <data_dir>/bench and works in
+a fresh database that is dropped at the end. With it set, the run works in that database (ids are
+unique per run; the baseline's schema is dropped at the end).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from array import array
+from collections import Counter
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+import grpc
+import psutil
+import psycopg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import text
+
+from shared import auth, client
+from shared.config import REPO, load_settings
+from shared.db import make_engine, migrate
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as pb_grpc
+
+TRANSFER_METHOD = "/fanbank.wallet.v1.WalletService/Transfer"
+ECHO_SERVICE = "fanbank.bench.v1.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Echo"
+IDENTITY = "platform"
+TIP_TOKENS = 1
+# Every fan is funded far beyond what any run can tip, so a tip never fails for want of funds.
+FUND_TOKENS = 10**9
+DEADLINE_SECONDS = 10.0
+# Bounds: a run that would need more than this is a mistake, not a benchmark.
+MAX_CLIENTS = 4096
+MAX_FANS = 100_000
+MAX_SECONDS = 3600
+MAX_LOAD_PROCESSES = 8
+MAX_CHANNELS = 16
+# Per load process; latencies beyond this are not kept (the count still is).
+MAX_LATENCY_SAMPLES = 2_000_000
+# How long a child process may take to import and come up before the run gives up on it.
+STARTUP_SECONDS = 60.0
+# Lead between sending a phase to the load processes and its start, so all of them start together.
+PHASE_LEAD_SECONDS = 1.0
+# A process at or above this share of one core during the window is counted as CPU-bound.
+CPU_BOUND_SHARE = 0.9
+# CPU used by processes outside the run (cores) above which the figures are flagged as disturbed.
+OTHER_LOAD_WARNING = 0.2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Phase:
+    """What one load process runs: its share of the clients against one target, on a shared clock."""
+
+    kind: str  # "wallet" or "echo"
+    target: str
+    key: bytes
+    signature_ttl_seconds: int
+    signing: str  # "metadata" or "interceptor"
+    channels: int
+    worker: int
+    first_client: int
+    clients: int
+    total_clients: int
+    fans: int
+    run_id: str
+    creator_id: str
+    start_at: float  # time.monotonic(), which is system-wide on Linux and macOS
+    warmup_seconds: float
+    seconds: float
+
+
+@dataclasses.dataclass(slots=True)
+class Load:
+    """What a phase measured: calls answered in the window, their latencies, failures, CPU."""
+
+    acknowledged: int = 0  # every successful call, warm-up and drain included
+    in_window: int = 0
+    latencies_ms: array = dataclasses.field(default_factory=lambda: array("d"))
+    errors: Counter = dataclasses.field(default_factory=Counter)
+    first_error: str = ""
+    cpu_seconds: float = 0.0
+
+    def merge(self, other: Load) -> None:
+        self.acknowledged += other.acknowledged
+        self.in_window += other.in_window
+        self.latencies_ms.extend(other.latencies_ms)
+        self.errors.update(other.errors)
+        self.first_error = self.first_error or other.first_error
+        self.cpu_seconds += other.cpu_seconds
+
+    def record(self, started: float, ended: float, window: tuple[float, float]) -> None:
+        if window[0] <= ended < window[1]:
+            self.in_window += 1
+            if len(self.latencies_ms) < MAX_LATENCY_SAMPLES:
+                self.latencies_ms.append((ended - started) * 1000)
+
+
+# ---- names shared by the load and the checks ------------------------------------------------------
+
+
+def fan_id(run_id: str, index: int) -> str:
+    return f"bench-{run_id}-fan-{index}"
+
+
+def creator_id(run_id: str) -> str:
+    return f"bench-{run_id}-creator"
+
+
+def fan_of(client_index: int, seq: int, total_clients: int, fans: int) -> int:
+    """Concurrent clients tip from different fans, as real fans do: one fan does not tip 64 times at once."""
+    return (client_index + seq * total_clients) % fans
+
+
+def tip_request(phase: Phase, client_index: int, seq: int) -> pb.TransferRequest:
+    fan = fan_id(phase.run_id, fan_of(client_index, seq, phase.total_clients, phase.fans))
+    return pb.TransferRequest(
+        transfer=pb.TransferSpec(
+            transfer_id=f"bench-{phase.run_id}-tip-{client_index}-{seq}",
+            debit=pb.AccountRef(owner_id=fan, code=pb.ACCOUNT_CODE_USER_WALLET, asset=pb.ASSET_TOKEN),
+            credit=pb.AccountRef(
+                owner_id=phase.creator_id, code=pb.ACCOUNT_CODE_CREATOR_EARNINGS, asset=pb.ASSET_TOKEN
+            ),
+            amount=TIP_TOKENS,
+            code=pb.TRANSFER_CODE_TIP,
+            context_type="stream",
+            context_id=f"bench-{phase.run_id}",
+            counterparty_id=phase.creator_id,
+        )
+    )
+
+
+# ---- the load generator (runs in spawned processes) ------------------------------------------------
+
+
+class _Signature:
+    """Signs once per method and re-signs at half the TTL, instead of an HMAC per call."""
+
+    def __init__(self, key: bytes, method: str, ttl_seconds: int):
+        self.key, self.method, self.ttl = key, method, ttl_seconds
+        self.renew_at = 0.0
+        self.metadata: tuple[tuple[str, str], ...] = ()
+
+    def current(self) -> tuple[tuple[str, str], ...]:
+        now = time.time()
+        if now >= self.renew_at:
+            self.metadata = tuple(auth.sign(self.key, IDENTITY, self.method, ttl_seconds=self.ttl, now=now))
+            self.renew_at = now + self.ttl / 2
+        return self.metadata
+
+
+def _channel(phase: Phase) -> grpc.aio.Channel:
+    if phase.signing == "interceptor":
+        settings = dataclasses.replace(
+            load_settings(), service_keys={IDENTITY: phase.key}, signature_ttl_seconds=phase.signature_ttl_seconds
+        )
+        return client.channel(settings, phase.target, identity=IDENTITY, deadline_seconds=DEADLINE_SECONDS)
+    # The same options as shared.client's channels, only without the signing interceptor.
+    return grpc.aio.insecure_channel(
+        phase.target,
+        options=[
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", client._SERVICE_CONFIG),
+            ("grpc.keepalive_time_ms", 30_000),
+        ],
+    )
+
+
+async def _drive(phase: Phase) -> Load:
+    method = TRANSFER_METHOD if phase.kind == "wallet" else ECHO_METHOD
+    response_type = pb.TransferResponse if phase.kind == "wallet" else pb.TransferRequest
+    channels = [_channel(phase) for _ in range(phase.channels)]
+    load = Load()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), STARTUP_SECONDS)
+        stubs = [
+            c.unary_unary(
+                method,
+                request_serializer=pb.TransferRequest.SerializeToString,
+                response_deserializer=response_type.FromString,
+            )
+            for c in channels
+        ]
+        signature = _Signature(phase.key, method, phase.signature_ttl_seconds)
+        signed = phase.signing == "metadata"
+        window = (phase.start_at + phase.warmup_seconds, phase.start_at + phase.warmup_seconds + phase.seconds)
+
+        async def one_client(client_index: int) -> None:
+            stub = stubs[client_index % len(stubs)]
+            seq = 0
+            while (started := time.monotonic()) < window[1]:
+                request = tip_request(phase, client_index, seq)
+                seq += 1
+                try:
+                    if signed:
+                        await stub(request, metadata=signature.current(), timeout=DEADLINE_SECONDS)
+                    else:
+                        await stub(request)
+                except grpc.aio.AioRpcError as error:
+                    load.errors[error.code().name] += 1
+                    load.first_error = load.first_error or f"{error.code().name}: {error.details()}"
+                    continue
+                load.acknowledged += 1
+                load.record(started, time.monotonic(), window)
+
+        async def cpu_during_window() -> None:
+            await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+            before = time.process_time()
+            await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+            load.cpu_seconds = time.process_time() - before
+
+        await asyncio.sleep(max(0.0, phase.start_at - time.monotonic()))
+        clients = range(phase.first_client, phase.first_client + phase.clients)
+        # In-flight calls are awaited, never cancelled: a cancelled tip may still commit, and the
+        # creator's balance is checked against the tips acknowledged.
+        await asyncio.gather(cpu_during_window(), *(one_client(i) for i in clients))
+    finally:
+        for c in channels:
+            await c.close()
+    return load
+
+
+def _load_process(conn: Connection) -> None:
+    """A load process: runs each Phase it receives and answers its Load; None ends it."""
+    conn.send("ready")
+    while (phase := conn.recv()) is not None:
+        try:
+            conn.send(asyncio.run(_drive(phase)))
+        except Exception as exc:  # the parent reports it; the process stays usable
+            conn.send(f"{type(exc).__name__}: {exc}")
+
+
+# ---- the echo server (runs in a spawned process) -------------------------------------------------
+
+
+async def _echo_serve(conn: Connection) -> None:
+    async def echo(request: pb.TransferRequest, context) -> pb.TransferRequest:
+        return request
+
+    # Bare on purpose (no interceptor, no health, no auth check): the ceiling of grpc.aio on this box.
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    handler = grpc.unary_unary_rpc_method_handler(
+        echo,
+        request_deserializer=pb.TransferRequest.FromString,
+        response_serializer=pb.TransferRequest.SerializeToString,
+    )
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(ECHO_SERVICE, {"Echo": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    conn.send(port)
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    await server.stop(0)
+
+
+def _echo_process(conn: Connection) -> None:
+    asyncio.run(_echo_serve(conn))
+
+
+# ---- the baseline (runs in this process) --------------------------------------------------------
+
+
+async def _baseline_setup(engine, schema: str, fans: int) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        await conn.execute(
+            text(
+                f'CREATE TABLE "{schema}".accounts (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))'
+            )
+        )
+        await conn.execute(
+            text(
+                f'CREATE TABLE "{schema}".log (id bigserial PRIMARY KEY, transfer_id text NOT NULL UNIQUE,'
+                " fan_id bigint NOT NULL, creator_id bigint NOT NULL, amount bigint NOT NULL,"
+                " created_at timestamptz NOT NULL DEFAULT now())"
+            )
+        )
+        # Account 0 is the creator, 1..fans the fans.
+        await conn.execute(
+            text(
+                f'INSERT INTO "{schema}".accounts (id, balance)'
+                " SELECT i, CASE WHEN i = 0 THEN 0 ELSE :fund END FROM generate_series(0, :fans) AS i"
+            ),
+            {"fund": FUND_TOKENS, "fans": fans},
+        )
+
+
+async def _baseline_tip(engine, schema: str, transfer_id: str, fan: int) -> None:
+    """One tip as the seeds do it: both rows locked in id order, two updates, one log row."""
+    creator = 0
+    async with engine.begin() as conn:
+        rows = await conn.execute(
+            text(f'SELECT id, balance FROM "{schema}".accounts WHERE id IN (:a, :b) ORDER BY id FOR UPDATE'),
+            {"a": creator, "b": fan},
+        )
+        balances = dict(rows.all())
+        if balances[fan] < TIP_TOKENS:
+            raise RuntimeError(f"baseline fan {fan} cannot pay")
+        await conn.execute(
+            text(f'UPDATE "{schema}".accounts SET balance = balance - :amount WHERE id = :id'),
+            {"amount": TIP_TOKENS, "id": fan},
+        )
+        await conn.execute(
+            text(f'UPDATE "{schema}".accounts SET balance = balance + :amount WHERE id = :id'),
+            {"amount": TIP_TOKENS, "id": creator},
+        )
+        await conn.execute(
+            text(
+                f'INSERT INTO "{schema}".log (transfer_id, fan_id, creator_id, amount)'
+                " VALUES (:transfer_id, :fan, :creator, :amount)"
+            ),
+            {"transfer_id": transfer_id, "fan": fan, "creator": creator, "amount": TIP_TOKENS},
+        )
+
+
+async def _baseline_run(engine, schema: str, opts, start_at: float) -> Load:
+    load = Load()
+    window = (start_at + opts.warmup, start_at + opts.warmup + opts.seconds)
+
+    async def one_client(client_index: int) -> None:
+        seq = 0
+        while (started := time.monotonic()) < window[1]:
+            fan = 1 + fan_of(client_index, seq, opts.clients, opts.fans)
+            try:
+                await _baseline_tip(engine, schema, f"tip-{client_index}-{seq}", fan)
+            except Exception as exc:
+                load.errors[type(exc).__name__] += 1
+                load.first_error = load.first_error or f"{type(exc).__name__}: {exc}"
+                seq += 1
+                continue
+            seq += 1
+            load.acknowledged += 1
+            load.record(started, time.monotonic(), window)
+
+    async def cpu_during_window() -> None:
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        before = time.process_time()
+        await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+        load.cpu_seconds = time.process_time() - before
+
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    await asyncio.gather(cpu_during_window(), *(one_client(i) for i in range(opts.clients)))
+    return load
+
+
+async def _baseline_check(engine, schema: str, acknowledged: int, fans: int) -> list[str]:
+    async with engine.connect() as conn:
+        creator = await conn.scalar(text(f'SELECT balance FROM "{schema}".accounts WHERE id = 0'))
+        total = await conn.scalar(text(f'SELECT sum(balance) FROM "{schema}".accounts'))
+    problems = []
+    if creator != acknowledged * TIP_TOKENS:
+        problems.append(f"BASELINE_CREATOR_BALANCE: {creator} != {acknowledged} acknowledged × {TIP_TOKENS}")
+    if total != fans * FUND_TOKENS:
+        problems.append(f"BASELINE_NOT_CONSERVED: Σ balance {total} != {fans * FUND_TOKENS}")
+    return problems
+
+
+# ---- processes and CPU accounting -------------------------------------------------------------
+
+
+class LoadProcesses:
+    """The spawned load generators, kept warm across phases."""
+
+    def __init__(self, count: int):
+        context = multiprocessing.get_context("spawn")
+        self.links: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
+        for i in range(count):
+            parent, child = context.Pipe()
+            process = context.Process(target=_load_process, args=(child,), name=f"bench-load-{i}", daemon=True)
+            process.start()
+            child.close()
+            self.links.append((process, parent))
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p, _ in self.links if p.pid is not None]
+
+    async def ready(self) -> None:
+        for _, conn in self.links:
+            if await _recv(conn, STARTUP_SECONDS) != "ready":
+                raise RuntimeError("a load process did not start")
+
+    async def run(self, phases: list[Phase], seconds: float) -> Load:
+        for (_, conn), phase in zip(self.links, phases, strict=True):
+            conn.send(phase)
+        total = Load()
+        for _, conn in self.links:
+            answer = await _recv(conn, seconds)
+            if not isinstance(answer, Load):
+                raise RuntimeError(f"load process failed: {answer}")
+            total.merge(answer)
+        return total
+
+    def close(self) -> None:
+        for process, conn in self.links:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+            conn.close()
+
+
+async def _recv(conn: Connection, seconds: float):
+    def wait():
+        if not conn.poll(seconds):
+            raise TimeoutError(f"no answer from a child process within {seconds:.0f} s")
+        return conn.recv()
+
+    return await asyncio.get_running_loop().run_in_executor(None, wait)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+class CpuWatch:
+    """CPU used during the measured window by the server, PostgreSQL and the whole machine, in cores,
+    and the database's commits per second (how many tips a transaction carried)."""
+
+    def __init__(self, server_pid: int | None, postgres_root: int | None, engine=None):
+        self.server_pid = server_pid
+        self.postgres_root = postgres_root
+        self.engine = engine
+        self.cores = {"server": 0.0, "postgres": 0.0, "machine": 0.0}
+        self.commits_per_s: float | None = None
+
+    async def _commits(self) -> int | None:
+        if self.engine is None:
+            return None
+        async with self.engine.connect() as conn:
+            return await conn.scalar(
+                text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            )
+
+    def _postgres_pids(self) -> list[int]:
+        if self.postgres_root is None:
+            return []
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(self.postgres_root)
+            return [root.pid, *(c.pid for c in root.children(recursive=True))]
+        return []
+
+    def _sample(self) -> dict[str, float]:
+        busy = psutil.cpu_times()
+        return {
+            "server": _cpu_seconds([self.server_pid]) if self.server_pid else 0.0,
+            "postgres": _cpu_seconds(self._postgres_pids()),
+            "machine": sum(busy) - busy.idle - getattr(busy, "iowait", 0.0),
+        }
+
+    async def watch(self, window: tuple[float, float]) -> None:
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        before, commits_before = self._sample(), await self._commits()
+        await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+        after, commits_after = self._sample(), await self._commits()
+        seconds = window[1] - window[0]
+        self.cores = {k: (after[k] - before[k]) / seconds for k in before}
+        if commits_before is not None and commits_after is not None:
+            # PostgreSQL publishes these counters about once a second: good over a window, not finer.
+            self.commits_per_s = (commits_after - commits_before) / seconds
+
+
+async def _postgres_root(engine) -> int | None:
+    """The postmaster's pid when PostgreSQL runs on this machine (its CPU is part of the picture)."""
+    async with engine.connect() as conn:
+        backend = await conn.scalar(text("SELECT pg_backend_pid()"))
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(backend)
+        if "postgres" in process.name().lower():
+            parent = process.parent()
+            return parent.pid if parent is not None else None
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def _wait_serving(target: str, process: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the Wallet process exited with {process.returncode}")
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the Wallet at {target} was not serving after {seconds:.0f} s")
+
+
+class WalletProcess:
+    """`fanbank serve wallet` as its own OS process, output kept in a file shown on failure."""
+
+    def __init__(self, database_url: str, pool: int, log_dir: Path):
+        self.port = _free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self.log_path = log_dir / "wallet.log"
+        env = dict(os.environ)
+        env.update(
+            FANBANK_DATABASE_URL=database_url,
+            FANBANK_LOG_LEVEL="WARNING",
+            FANBANK_DB_POOL_SIZE=str(pool),
+            FANBANK_CLOCK="system",
+            FANBANK_SHUTDOWN_GRACE_SECONDS="2",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
+        )
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "serve", "wallet", "--port", str(self.port)],
+                env=env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+# ---- the run ------------------------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[float], share: float) -> float:
+    if not sorted_values:
+        return 0.0
+    return sorted_values[min(len(sorted_values) - 1, int(share * len(sorted_values)))]
+
+
+def _summary(load: Load, seconds: float) -> dict:
+    latencies = sorted(load.latencies_ms)
+    return {
+        "seconds": seconds,
+        "per_s": round(load.in_window / seconds, 1),
+        "p50_ms": round(_percentile(latencies, 0.50), 3),
+        "p99_ms": round(_percentile(latencies, 0.99), 3),
+    }
+
+
+def _cpu_line(cores: dict[str, float], server_label: str | None) -> str:
+    parts = [f"{server_label} {cores['server']:.2f}"] if server_label else []
+    parts.append(f"load {cores['load']:.2f}")
+    if cores["postgres"]:
+        parts.append(f"postgres {cores['postgres']:.2f}")
+    parts.append(f"other processes {cores['other']:.2f}")
+    parts.append(f"machine {cores['machine']:.2f}/{os.cpu_count()}")
+    return "cpu (cores): " + ", ".join(parts)
+
+
+def _limit(cores: dict[str, float], load_processes: int, server_label: str | None) -> str:
+    """Names what held throughput back, from CPU shares (a single-threaded Python process tops out at 1 core)."""
+    found = []
+    if server_label and cores["server"] >= CPU_BOUND_SHARE:
+        found.append(f"{server_label} process CPU-bound")
+    if cores["load"] / load_processes >= CPU_BOUND_SHARE:
+        found.append("load generator CPU-bound")
+    if cores["machine"] >= CPU_BOUND_SHARE * (os.cpu_count() or 1):
+        found.append("machine CPU-saturated")
+    if cores["other"] >= OTHER_LOAD_WARNING:
+        found.append(f"WARNING: other processes used {cores['other']:.2f} cores, figures are disturbed")
+    return ", ".join(found) or "no process CPU-bound: waiting (locks, fsync, round trips)"
+
+
+def _report(
+    name: str, summary: dict, load: Load, watch: CpuWatch, load_processes: int, server_label: str | None
+) -> dict:
+    """Prints one phase's figures and answers its CPU use in cores, the load generator included."""
+    cores = dict(watch.cores, load=load.cpu_seconds / summary["seconds"])
+    cores["other"] = max(0.0, cores["machine"] - sum(cores[k] for k in ("server", "postgres", "load")))
+    errors = sum(load.errors.values())
+    print(
+        f"{name:<9} {summary['per_s']:>10,.1f}/s  p50 {summary['p50_ms']:.2f} ms  p99 {summary['p99_ms']:.2f} ms"
+        f"  errors {errors}" + (f" (first: {load.first_error})" if load.first_error else ""),
+        flush=True,
+    )
+    print(f"          {_cpu_line(cores, server_label)}", flush=True)
+    if watch.commits_per_s:
+        print(
+            f"          database: {watch.commits_per_s:,.0f} commits/s, {summary['per_s'] / watch.commits_per_s:.1f}"
+            " answered calls per commit",
+            flush=True,
+        )
+    print(f"          limit: {_limit(cores, load_processes, server_label)}", flush=True)
+    return {k: round(v, 2) for k, v in cores.items()}
+
+
+def _phases(kind: str, target: str, opts, settings, run_id: str, start_at: float) -> list[Phase]:
+    per_process, extra = divmod(opts.clients, opts.load_processes)
+    phases, first = [], 0
+    for worker in range(opts.load_processes):
+        count = per_process + (1 if worker < extra else 0)
+        phases.append(
+            Phase(
+                kind=kind,
+                target=target,
+                key=settings.key_for(IDENTITY),
+                signature_ttl_seconds=settings.signature_ttl_seconds,
+                signing=opts.signing,
+                channels=opts.channels,
+                worker=worker,
+                first_client=first,
+                clients=count,
+                total_clients=opts.clients,
+                fans=opts.fans,
+                run_id=run_id,
+                creator_id=creator_id(run_id),
+                start_at=start_at,
+                warmup_seconds=opts.warmup,
+                seconds=opts.seconds,
+            )  # fmt: skip
+        )
+        first += count
+    return phases
+
+
+async def _measure(loads: LoadProcesses, kind: str, target: str, opts, settings, run_id: str, cpu: CpuWatch) -> Load:
+    start_at = time.monotonic() + PHASE_LEAD_SECONDS
+    window = (start_at + opts.warmup, start_at + opts.warmup + opts.seconds)
+    phases = _phases(kind, target, opts, settings, run_id, start_at)
+    budget = PHASE_LEAD_SECONDS + opts.warmup + opts.seconds + DEADLINE_SECONDS + STARTUP_SECONDS
+    load, _ = await asyncio.gather(loads.run(phases, budget), cpu.watch(window))
+    return load
+
+
+async def _fund(stub: pb_grpc.WalletServiceStub, run_id: str, fans: int) -> None:
+    clearing = pb.AccountRef(code=pb.ACCOUNT_CODE_PROVIDER_CLEARING, asset=pb.ASSET_TOKEN)
+    chunk = 1000  # BatchTransfer's item limit (model.MAX_BATCH_ITEMS)
+    for first in range(0, fans, chunk):
+        items = [
+            pb.TransferSpec(
+                transfer_id=f"bench-{run_id}-fund-{i}",
+                debit=clearing,
+                credit=pb.AccountRef(
+                    owner_id=fan_id(run_id, i), code=pb.ACCOUNT_CODE_USER_PURCHASED, asset=pb.ASSET_TOKEN
+                ),
+                amount=FUND_TOKENS,
+                code=pb.TRANSFER_CODE_PURCHASE,
+            )
+            for i in range(first, min(first + chunk, fans))
+        ]
+        await stub.BatchTransfer(
+            pb.BatchTransferRequest(
+                batch_id=f"bench-{run_id}-fund-{first}", mode=pb.BATCH_MODE_LINKED, transfers=items
+            ),
+            timeout=60,
+        )
+
+
+async def _wallet_checks(stub: pb_grpc.WalletServiceStub, run_id: str, acknowledged: int) -> list[str]:
+    audit = await stub.Audit(pb.AuditRequest(), timeout=120)
+    problems = [f"{v.kind}: {v.detail}" for v in audit.violations]
+    balance = await stub.GetBalance(pb.GetBalanceRequest(owner_id=creator_id(run_id), asset=pb.ASSET_TOKEN))
+    earned = sum(a.posted for a in balance.accounts if a.ref.code == pb.ACCOUNT_CODE_CREATOR_EARNINGS)
+    if earned != acknowledged * TIP_TOKENS:
+        problems.append(f"CREATOR_BALANCE: {earned} != {acknowledged} acknowledged tips × {TIP_TOKENS}")
+    return problems
+
+
+async def _run(opts, database_url: str) -> dict:
+    settings = load_settings()
+    run_id = uuid.uuid4().hex[:10]
+    schema = f"bench_baseline_{run_id}"
+    loads = LoadProcesses(opts.load_processes)
+    engine = make_engine(database_url, opts.pool)
+    problems: list[str] = []
+    try:
+        await migrate(engine)
+        async with engine.connect() as conn:
+            synchronous_commit = await conn.scalar(text("SHOW synchronous_commit"))
+            fsync = await conn.scalar(text("SHOW fsync"))
+        postgres_root = await _postgres_root(engine)
+        await _baseline_setup(engine, schema, opts.fans)
+        print(
+            f"wallet-hot: {opts.clients} clients in {opts.load_processes} load process(es), {opts.channels} channel(s)"
+            f" each, signing={opts.signing}, pool {opts.pool}, {opts.fans} fans, warm-up {opts.warmup:g} s,"
+            f" {opts.seconds:g} s measured per phase; synchronous_commit={synchronous_commit} fsync={fsync};"
+            f" {os.cpu_count()} CPUs",
+            flush=True,
+        )
+        await loads.ready()
+
+        echo_conn, echo_child = multiprocessing.get_context("spawn").Pipe()
+        echo = multiprocessing.get_context("spawn").Process(target=_echo_process, args=(echo_child,), daemon=True)
+        echo.start()
+        echo_child.close()
+        try:
+            port = await _recv(echo_conn, STARTUP_SECONDS)
+            cpu = CpuWatch(echo.pid, None)
+            echo_load = await _measure(loads, "echo", f"127.0.0.1:{port}", opts, settings, run_id, cpu)
+            echo_conn.send(None)
+        finally:
+            echo.join(5)
+            if echo.is_alive():
+                echo.terminate()
+                echo.join(5)
+            echo_conn.close()
+        echo_summary = _summary(echo_load, opts.seconds)
+        echo_cores = _report("echo", echo_summary, echo_load, cpu, opts.load_processes, "echo server")
+
+        start_at = time.monotonic() + PHASE_LEAD_SECONDS
+        cpu = CpuWatch(None, postgres_root, engine)
+        baseline_load, _ = await asyncio.gather(
+            _baseline_run(engine, schema, opts, start_at),
+            cpu.watch((start_at + opts.warmup, start_at + opts.warmup + opts.seconds)),
+        )
+        baseline_summary = _summary(baseline_load, opts.seconds)
+        baseline_cores = _report("baseline", baseline_summary, baseline_load, cpu, 1, None)
+        problems += await _baseline_check(engine, schema, baseline_load.acknowledged, opts.fans)
+
+        with tempfile.TemporaryDirectory(prefix="fanbank-bench-") as log_dir:
+            wallet = WalletProcess(database_url, opts.pool, Path(log_dir))
+            try:
+                await _wait_serving(wallet.target, wallet.process, STARTUP_SECONDS)
+                print(f"wallet process {wallet.process.pid} serving on {wallet.target}", flush=True)
+                async with client.channel(settings, wallet.target, identity=IDENTITY) as channel:
+                    stub = pb_grpc.WalletServiceStub(channel)
+                    await _fund(stub, run_id, opts.fans)
+                    cpu = CpuWatch(wallet.process.pid, postgres_root, engine)
+                    wallet_load = await _measure(loads, "wallet", wallet.target, opts, settings, run_id, cpu)
+                    wallet_summary = _summary(wallet_load, opts.seconds)
+                    wallet_cores = _report("wallet", wallet_summary, wallet_load, cpu, opts.load_processes, "wallet")
+                    problems += await _wallet_checks(stub, run_id, wallet_load.acknowledged)
+            except BaseException:
+                print(f"wallet process output (last lines):\n{wallet.log_tail()}", file=sys.stderr)
+                raise
+            finally:
+                wallet.stop()
+    finally:
+        loads.close()
+        with contextlib.suppress(Exception):
+            async with engine.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        await engine.dispose()
+
+    transfers = wallet_summary["per_s"]
+    errors = sum(wallet_load.errors.values())
+    if errors:
+        problems.append(f"TIP_ERRORS: {dict(wallet_load.errors)}")
+    return {
+        "scenario": "wallet-hot",
+        "transfers_per_s": transfers,
+        "baseline_per_s": baseline_summary["per_s"],
+        "ratio_vs_baseline": round(transfers / baseline_summary["per_s"], 2) if baseline_summary["per_s"] else None,
+        "echo_rpc_per_s": echo_summary["per_s"],
+        "ratio_vs_echo": round(transfers / echo_summary["per_s"], 3) if echo_summary["per_s"] else None,
+        "p50_ms": wallet_summary["p50_ms"],
+        "p99_ms": wallet_summary["p99_ms"],
+        "baseline_p50_ms": baseline_summary["p50_ms"],
+        "baseline_p99_ms": baseline_summary["p99_ms"],
+        "echo_p50_ms": echo_summary["p50_ms"],
+        "echo_p99_ms": echo_summary["p99_ms"],
+        "clients": opts.clients,
+        "pool": opts.pool,
+        "synchronous_commit": synchronous_commit,
+        "fsync": fsync,
+        "seconds": opts.seconds,
+        "warmup_seconds": opts.warmup,
+        "fans": opts.fans,
+        "load_processes": opts.load_processes,
+        "channels": opts.channels,
+        "signing": opts.signing,
+        "cpus": os.cpu_count(),
+        "tips_acknowledged": wallet_load.acknowledged,
+        "cpu_cores": {"echo": echo_cores, "baseline": baseline_cores, "wallet": wallet_cores},
+        "audit": "ok" if not problems else problems,
+    }
+
+
+# ---- databases ------------------------------------------------------------------------------------
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def _with_database(url: str, name: str) -> str:
+    base, sep, query = url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}{sep}{query}"
+
+
+def _bounded(lo: float, hi: float, kind=int):
+    def parse(raw: str):
+        value = kind(raw)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {raw}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fanbank bench wallet-hot", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short phases (the whole run in under a minute)")
+    parser.add_argument("--clients", type=_bounded(1, MAX_CLIENTS), default=64, help="concurrent clients (64)")
+    parser.add_argument("--pool", type=_bounded(1, 200), default=8, help="database pool size of both sides (8)")
+    parser.add_argument("--seconds", type=_bounded(0.5, MAX_SECONDS, float), help="measured seconds per phase")
+    parser.add_argument("--warmup", type=_bounded(0, MAX_SECONDS, float), help="warm-up seconds before each")
+    parser.add_argument("--fans", type=_bounded(1, MAX_FANS), default=1000, help="distinct tipping fans (1000)")
+    parser.add_argument(
+        "--load-processes", type=_bounded(1, MAX_LOAD_PROCESSES), default=1, help="load generator processes (1)"
+    )
+    parser.add_argument("--channels", type=_bounded(1, MAX_CHANNELS), default=1, help="channels per load process (1)")
+    parser.add_argument(
+        "--signing",
+        choices=("metadata", "interceptor"),
+        default="metadata",
+        help="metadata: sign once per method and reuse it (default); interceptor: shared.client's per-call signing",
+    )
+    opts = parser.parse_args(argv)
+    if opts.seconds is None:
+        opts.seconds = 8.0 if opts.quick else 30.0
+    if opts.warmup is None:
+        opts.warmup = min(2.0 if opts.quick else 5.0, opts.seconds)
+    return opts
+
+
+def main(argv: list[str]) -> int:
+    opts = parse_args(argv)
+    settings = load_settings()
+    stack = None
+    database_url = settings.database_url
+    admin_url = None
+    if database_url is None:
+        from shared.embedded import EmbeddedStack
+
+        stack = EmbeddedStack(settings.data_dir / "bench")
+        admin_url, _ = stack.start()
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(_plain(admin_url), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        database_url = _with_database(admin_url, name)
+    try:
+        result = asyncio.run(_run(opts, database_url))
+    finally:
+        if stack is not None:
+            try:
+                with psycopg.connect(_plain(admin_url), autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                stack.stop()
+    print(json.dumps(result), flush=True)
+    return 0 if result["audit"] == "ok" else 1

@@ -1,0 +1,157 @@
+"""Group commit: a batch of concurrent transfers costs the same number of SQL statements whatever its
+size (DESIGN.md "Hot accounts": one transaction per batch, set-based statements, no per-item loop).
+
+The ledger is driven directly, without gRPC, so that every transfer submitted at once lands in one
+batch: one committer, a batch limit above the largest batch, and submissions gathered in one go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy import event, text
+
+from services.wallet import model, queries
+from services.wallet.ledger import Ledger
+from services.wallet.model import Item, Op, Ref
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
+from tests.harness import migrated_engine, settings_for
+
+SCOPE = "service:test"
+CREATOR = "hot-creator"
+SIZES = (1, 10, 100, 500)
+PURCHASED_PER_FAN = 10
+PROMOTIONAL_PER_FAN = 2
+TIP = 3  # more than the promotional tokens: every tip is two postings (promotional, purchased)
+
+
+class StatementLog:
+    """Statements per database transaction, recorded by SQLAlchemy's own cursor events."""
+
+    def __init__(self, sync_engine):
+        self.sync_engine = sync_engine
+        self.transactions: list[list[str]] = []
+        self.outside: list[str] = []
+        self._open: dict[object, list[str]] = {}
+        self._hooks = (
+            ("begin", self._begin),
+            ("commit", self._end),
+            ("rollback", self._end),
+            ("before_cursor_execute", self._execute),
+        )
+        for name, hook in self._hooks:
+            event.listen(sync_engine, name, hook)
+
+    def remove(self) -> None:
+        for name, hook in self._hooks:
+            event.remove(self.sync_engine, name, hook)
+
+    def clear(self) -> None:
+        self.transactions.clear()
+        self.outside.clear()
+
+    def _begin(self, conn) -> None:
+        self._open[conn] = []
+
+    def _end(self, conn) -> None:
+        statements = self._open.pop(conn, None)
+        if statements is not None:
+            self.transactions.append(statements)
+
+    def _execute(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        self._open.get(conn, self.outside).append(statement)
+
+
+@pytest.fixture(scope="module")
+async def ledger(database_url):
+    engine = await migrated_engine(settings_for(database_url))
+    ledger = Ledger(engine, batch_max=1000, committers=1)
+    ledger.start()
+    yield ledger
+    await ledger.stop()
+    await engine.dispose()
+
+
+def transfer_op(key: str, debit: Ref, credit: Ref, amount: int, code: str) -> Op:
+    item = Item(key, debit, credit, amount, code, "stream", "s-1", CREATOR if code == "TIP" else "", 0)
+    return Op(SCOPE, "TRANSFER", key, item.fields(), item)
+
+
+def tip_op(fan: str) -> Op:
+    return transfer_op(f"tip-{fan}", Ref(fan, "TOKEN", model.WALLET), Ref(CREATOR, "TOKEN", model.EARNINGS), TIP, "TIP")
+
+
+async def submit_all(ledger: Ledger, ops: list[Op]) -> list[pb.Transfer]:
+    answers = await asyncio.gather(*(ledger.submit(op) for op in ops))
+    return [pb.Transfer.FromString(answer) for answer in answers]
+
+
+async def fund(ledger: Ledger, fans: list[str]) -> None:
+    """Gives each fan purchased and promotional tokens; the first batch naming an account creates it."""
+    ops = []
+    for fan in fans:
+        ops.append(
+            transfer_op(
+                f"buy-{fan}",
+                Ref("", "TOKEN", "PROVIDER_CLEARING"),
+                Ref(fan, "TOKEN", model.PURCHASED),
+                PURCHASED_PER_FAN,
+                "PURCHASE",
+            )
+        )
+        ops.append(
+            transfer_op(
+                f"bonus-{fan}",
+                Ref("", "TOKEN", model.PROMOTIONS),
+                Ref(fan, "TOKEN", model.PROMOTIONAL),
+                PROMOTIONAL_PER_FAN,
+                "BONUS",
+            )
+        )
+    await submit_all(ledger, ops)
+
+
+async def test_statements_per_batch_do_not_grow_with_its_size(ledger):
+    warm_fan = "fan-warm"
+    await fund(ledger, [warm_fan])
+    await submit_all(ledger, [tip_op(warm_fan)])  # creates the creator's earnings account
+
+    log = StatementLog(ledger.engine.sync_engine)
+    statements: dict[int, int] = {}
+    reported: dict[int, int] = {}  # the ledger's own count, as a cross-check of the listener
+    try:
+        for size in SIZES:
+            fans = [f"fan-{size}-{i}" for i in range(size)]
+            await fund(ledger, fans)
+            log.clear()
+            transfers = await submit_all(ledger, [tip_op(fan) for fan in fans])
+
+            batches = [t for t in log.transactions if any("INSERT INTO wallet.operations" in s for s in t)]
+            assert len(batches) == 1, f"{size} concurrent transfers did not coalesce into one batch"
+            assert log.transactions == batches and not log.outside, "accounts are resolved before, not per item"
+            statements[size] = len(batches[0])
+            reported[size] = ledger.statements_in_last_batch
+            assert [t.amount for t in transfers] == [TIP] * size
+            assert all(
+                [(p.funding, p.amount) for p in t.postings]
+                == [(pb.FUNDING_PROMOTIONAL, PROMOTIONAL_PER_FAN), (pb.FUNDING_PURCHASED, TIP - PROMOTIONAL_PER_FAN)]
+                for t in transfers
+            )
+    finally:
+        log.remove()
+
+    assert len(set(statements.values())) == 1, f"statements per batch by size: {statements}"
+    assert len(set(reported.values())) == 1, f"statements the ledger counted by size: {reported}"
+
+    tips = 1 + sum(SIZES)
+    async with ledger.engine.connect() as conn:
+        earned = await conn.scalar(
+            text("SELECT posted FROM wallet.accounts WHERE owner_id = :o AND code = 'CREATOR_EARNINGS'"),
+            {"o": CREATOR},
+        )
+        tip_postings = await conn.scalar(text("SELECT count(*) FROM wallet.transfers WHERE code = 'TIP'"))
+    assert earned == TIP * tips
+    assert tip_postings == 2 * tips
+    audit = await queries.audit(ledger.engine)
+    assert audit.ok, audit.violations
