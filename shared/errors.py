@@ -39,13 +39,13 @@ class DomainError(Exception):
     def to_status(self) -> status_pb2.Status:
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=self.metadata)
         detail = any_pb2.Any()
-        detail.Pack(info)
+        detail.Pack(info, deterministic=True)
         details = [detail]
         if self.retry_delay_ms is not None:
             retry = error_details_pb2.RetryInfo()
             retry.retry_delay.FromMilliseconds(self.retry_delay_ms)
             packed = any_pb2.Any()
-            packed.Pack(retry)
+            packed.Pack(retry, deterministic=True)
             details.append(packed)
         return status_pb2.Status(code=self.code.value[0], message=self.message, details=details)
 

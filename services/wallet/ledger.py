@@ -1055,7 +1055,7 @@ def _replay(op: Op, leader: Op, leader_future: asyncio.Future) -> tuple[bool, by
     exc = leader_future.exception()
     if exc is not None:
         return exc
-    return leader_future.result()
+    return True, leader_future.result()
 
 
 def _settle(future: asyncio.Future, result: tuple[bool, bytes] | DomainError) -> None:
