@@ -86,7 +86,6 @@ class Phase:
     signature_ttl_seconds: int
     signing: str  # "metadata" or "interceptor"
     channels: int
-    worker: int
     first_client: int
     clients: int
     total_clients: int
@@ -449,21 +448,22 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 class CpuWatch:
     """CPU used during the measured window by the server, PostgreSQL and the whole machine, in cores,
-    and the database's commits per second (how many tips a transaction carried)."""
+    and the database's transactions per second (how many calls a transaction carried)."""
 
     def __init__(self, server_pid: int | None, postgres_root: int | None, engine=None):
         self.server_pid = server_pid
         self.postgres_root = postgres_root
         self.engine = engine
         self.cores = {"server": 0.0, "postgres": 0.0, "machine": 0.0}
-        self.commits_per_s: float | None = None
+        self.transactions_per_s: float | None = None
 
-    async def _commits(self) -> int | None:
+    async def _transactions(self) -> int | None:
         if self.engine is None:
             return None
+        # Rollbacks count: SQLAlchemy ends read-only work (engine.connect()) with one.
         async with self.engine.connect() as conn:
             return await conn.scalar(
-                text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+                text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
             )
 
     def _postgres_pids(self) -> list[int]:
@@ -484,14 +484,14 @@ class CpuWatch:
 
     async def watch(self, window: tuple[float, float]) -> None:
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
-        before, commits_before = self._sample(), await self._commits()
+        before, transactions_before = self._sample(), await self._transactions()
         await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
-        after, commits_after = self._sample(), await self._commits()
+        after, transactions_after = self._sample(), await self._transactions()
         seconds = window[1] - window[0]
         self.cores = {k: (after[k] - before[k]) / seconds for k in before}
-        if commits_before is not None and commits_after is not None:
+        if transactions_before is not None and transactions_after is not None:
             # PostgreSQL publishes these counters about once a second: good over a window, not finer.
-            self.commits_per_s = (commits_after - commits_before) / seconds
+            self.transactions_per_s = (transactions_after - transactions_before) / seconds
 
 
 async def _postgres_root(engine) -> int | None:
@@ -512,13 +512,27 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _listens(pid: int, port: int) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in psutil.Process(pid).net_connections("tcp")
+        )
+    return False
+
+
 async def _wait_serving(target: str, process: subprocess.Popen, seconds: float) -> None:
+    """Waits until our process listens on the port and answers SERVING. The port was free when chosen, but
+    another program may take it before the Wallet binds it; the health answer alone could then be theirs."""
+    port = int(target.rpartition(":")[2])
     deadline = time.monotonic() + seconds
     async with grpc.aio.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"the Wallet process exited with {process.returncode}")
+            if not _listens(process.pid, port):
+                await asyncio.sleep(0.1)
+                continue
             with contextlib.suppress(grpc.aio.AioRpcError):
                 reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -613,9 +627,10 @@ def _limit(cores: dict[str, float], load_processes: int, server_label: str | Non
 def _report(
     name: str, summary: dict, load: Load, watch: CpuWatch, load_processes: int, server_label: str | None
 ) -> dict:
-    """Prints one phase's figures and answers its CPU use in cores, the load generator included."""
+    """Prints one phase's figures; answers its CPU use in cores (the load generator's included) and its limit."""
     cores = dict(watch.cores, load=load.cpu_seconds / summary["seconds"])
     cores["other"] = max(0.0, cores["machine"] - sum(cores[k] for k in ("server", "postgres", "load")))
+    limit = _limit(cores, load_processes, server_label)
     errors = sum(load.errors.values())
     print(
         f"{name:<9} {summary['per_s']:>10,.1f}/s  p50 {summary['p50_ms']:.2f} ms  p99 {summary['p99_ms']:.2f} ms"
@@ -623,14 +638,14 @@ def _report(
         flush=True,
     )
     print(f"          {_cpu_line(cores, server_label)}", flush=True)
-    if watch.commits_per_s:
+    if watch.transactions_per_s:
         print(
-            f"          database: {watch.commits_per_s:,.0f} commits/s, {summary['per_s'] / watch.commits_per_s:.1f}"
-            " answered calls per commit",
+            f"          database: {watch.transactions_per_s:,.0f} transactions/s,"
+            f" {summary['per_s'] / watch.transactions_per_s:.1f} answered calls per transaction",
             flush=True,
         )
-    print(f"          limit: {_limit(cores, load_processes, server_label)}", flush=True)
-    return {k: round(v, 2) for k, v in cores.items()}
+    print(f"          limit: {limit}", flush=True)
+    return {"cpu_cores": {k: round(v, 2) for k, v in cores.items()}, "limit": limit}
 
 
 def _phases(kind: str, target: str, opts, settings, run_id: str, start_at: float) -> list[Phase]:
@@ -646,7 +661,6 @@ def _phases(kind: str, target: str, opts, settings, run_id: str, start_at: float
                 signature_ttl_seconds=settings.signature_ttl_seconds,
                 signing=opts.signing,
                 channels=opts.channels,
-                worker=worker,
                 first_client=first,
                 clients=count,
                 total_clients=opts.clients,
@@ -656,7 +670,7 @@ def _phases(kind: str, target: str, opts, settings, run_id: str, start_at: float
                 start_at=start_at,
                 warmup_seconds=opts.warmup,
                 seconds=opts.seconds,
-            )  # fmt: skip
+            )
         )
         first += count
     return phases
@@ -705,114 +719,144 @@ async def _wallet_checks(stub: pb_grpc.WalletServiceStub, run_id: str, acknowled
     return problems
 
 
-async def _run(opts, database_url: str) -> dict:
-    settings = load_settings()
-    run_id = uuid.uuid4().hex[:10]
-    schema = f"bench_baseline_{run_id}"
-    loads = LoadProcesses(opts.load_processes)
-    engine = make_engine(database_url, opts.pool)
-    problems: list[str] = []
-    try:
-        await migrate(engine)
-        async with engine.connect() as conn:
-            synchronous_commit = await conn.scalar(text("SHOW synchronous_commit"))
-            fsync = await conn.scalar(text("SHOW fsync"))
-        postgres_root = await _postgres_root(engine)
-        await _baseline_setup(engine, schema, opts.fans)
-        print(
-            f"wallet-hot: {opts.clients} clients in {opts.load_processes} load process(es), {opts.channels} channel(s)"
-            f" each, signing={opts.signing}, pool {opts.pool}, {opts.fans} fans, warm-up {opts.warmup:g} s,"
-            f" {opts.seconds:g} s measured per phase; synchronous_commit={synchronous_commit} fsync={fsync};"
-            f" {os.cpu_count()} CPUs",
-            flush=True,
-        )
-        await loads.ready()
+@dataclasses.dataclass
+class Outcome:
+    """One phase's result: the calls it measured, their summary, and what the report said of them."""
 
-        echo_conn, echo_child = multiprocessing.get_context("spawn").Pipe()
-        echo = multiprocessing.get_context("spawn").Process(target=_echo_process, args=(echo_child,), daemon=True)
-        echo.start()
-        echo_child.close()
+    load: Load
+    summary: dict
+    report: dict
+
+
+class Run:
+    """One benchmark run: its database, load processes and the three phases."""
+
+    def __init__(self, opts, database_url: str):
+        self.opts = opts
+        self.database_url = database_url
+        self.settings = load_settings()
+        self.run_id = uuid.uuid4().hex[:10]
+        self.schema = f"bench_baseline_{self.run_id}"
+        self.engine = make_engine(database_url, opts.pool)
+        self.postgres_root: int | None = None
+        self.started = time.monotonic()
+
+    def say(self, line: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.1f} s] {line}", flush=True)
+
+    async def echo(self, loads: LoadProcesses) -> Outcome:
+        context = multiprocessing.get_context("spawn")
+        conn, child = context.Pipe()
+        process = context.Process(target=_echo_process, args=(child,), name="bench-echo", daemon=True)
+        process.start()
+        child.close()
         try:
-            port = await _recv(echo_conn, STARTUP_SECONDS)
-            cpu = CpuWatch(echo.pid, None)
-            echo_load = await _measure(loads, "echo", f"127.0.0.1:{port}", opts, settings, run_id, cpu)
-            echo_conn.send(None)
+            port = await _recv(conn, STARTUP_SECONDS)
+            cpu = CpuWatch(process.pid, None)
+            load = await _measure(loads, "echo", f"127.0.0.1:{port}", self.opts, self.settings, self.run_id, cpu)
+            conn.send(None)
         finally:
-            echo.join(5)
-            if echo.is_alive():
-                echo.terminate()
-                echo.join(5)
-            echo_conn.close()
-        echo_summary = _summary(echo_load, opts.seconds)
-        echo_cores = _report("echo", echo_summary, echo_load, cpu, opts.load_processes, "echo server")
+            process.join(5)
+            if process.is_alive():
+                process.terminate()
+                process.join(5)
+            conn.close()
+        summary = _summary(load, self.opts.seconds)
+        return Outcome(load, summary, _report("echo", summary, load, cpu, self.opts.load_processes, "echo server"))
 
+    async def baseline(self) -> tuple[Outcome, list[str]]:
         start_at = time.monotonic() + PHASE_LEAD_SECONDS
-        cpu = CpuWatch(None, postgres_root, engine)
-        baseline_load, _ = await asyncio.gather(
-            _baseline_run(engine, schema, opts, start_at),
-            cpu.watch((start_at + opts.warmup, start_at + opts.warmup + opts.seconds)),
-        )
-        baseline_summary = _summary(baseline_load, opts.seconds)
-        baseline_cores = _report("baseline", baseline_summary, baseline_load, cpu, 1, None)
-        problems += await _baseline_check(engine, schema, baseline_load.acknowledged, opts.fans)
+        window = (start_at + self.opts.warmup, start_at + self.opts.warmup + self.opts.seconds)
+        cpu = CpuWatch(None, self.postgres_root, self.engine)
+        load, _ = await asyncio.gather(_baseline_run(self.engine, self.schema, self.opts, start_at), cpu.watch(window))
+        summary = _summary(load, self.opts.seconds)
+        outcome = Outcome(load, summary, _report("baseline", summary, load, cpu, 1, None))
+        return outcome, await _baseline_check(self.engine, self.schema, load.acknowledged, self.opts.fans)
 
-        with tempfile.TemporaryDirectory(prefix="fanbank-bench-") as log_dir:
-            wallet = WalletProcess(database_url, opts.pool, Path(log_dir))
-            try:
-                await _wait_serving(wallet.target, wallet.process, STARTUP_SECONDS)
-                print(f"wallet process {wallet.process.pid} serving on {wallet.target}", flush=True)
-                async with client.channel(settings, wallet.target, identity=IDENTITY) as channel:
-                    stub = pb_grpc.WalletServiceStub(channel)
-                    await _fund(stub, run_id, opts.fans)
-                    cpu = CpuWatch(wallet.process.pid, postgres_root, engine)
-                    wallet_load = await _measure(loads, "wallet", wallet.target, opts, settings, run_id, cpu)
-                    wallet_summary = _summary(wallet_load, opts.seconds)
-                    wallet_cores = _report("wallet", wallet_summary, wallet_load, cpu, opts.load_processes, "wallet")
-                    problems += await _wallet_checks(stub, run_id, wallet_load.acknowledged)
-            except BaseException:
-                print(f"wallet process output (last lines):\n{wallet.log_tail()}", file=sys.stderr)
-                raise
-            finally:
-                wallet.stop()
-    finally:
-        loads.close()
-        with contextlib.suppress(Exception):
-            async with engine.begin() as conn:
-                await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        await engine.dispose()
+    async def wallet(self, loads: LoadProcesses, log_dir: Path) -> tuple[Outcome, list[str]]:
+        wallet = WalletProcess(self.database_url, self.opts.pool, log_dir)
+        try:
+            await _wait_serving(wallet.target, wallet.process, STARTUP_SECONDS)
+            self.say(f"wallet process {wallet.process.pid} serving on {wallet.target}")
+            async with client.channel(self.settings, wallet.target, identity=IDENTITY) as channel:
+                stub = pb_grpc.WalletServiceStub(channel)
+                await _fund(stub, self.run_id, self.opts.fans)
+                cpu = CpuWatch(wallet.process.pid, self.postgres_root, self.engine)
+                load = await _measure(loads, "wallet", wallet.target, self.opts, self.settings, self.run_id, cpu)
+                summary = _summary(load, self.opts.seconds)
+                report = _report("wallet", summary, load, cpu, self.opts.load_processes, "wallet")
+                problems = await _wallet_checks(stub, self.run_id, load.acknowledged)
+        except BaseException:
+            print(f"wallet process output (last lines):\n{wallet.log_tail()}", file=sys.stderr)
+            raise
+        finally:
+            wallet.stop()
+        if load.errors:
+            problems.append(f"TIP_ERRORS: {dict(load.errors)}")
+        return Outcome(load, summary, report), problems
 
-    transfers = wallet_summary["per_s"]
-    errors = sum(wallet_load.errors.values())
-    if errors:
-        problems.append(f"TIP_ERRORS: {dict(wallet_load.errors)}")
-    return {
-        "scenario": "wallet-hot",
-        "transfers_per_s": transfers,
-        "baseline_per_s": baseline_summary["per_s"],
-        "ratio_vs_baseline": round(transfers / baseline_summary["per_s"], 2) if baseline_summary["per_s"] else None,
-        "echo_rpc_per_s": echo_summary["per_s"],
-        "ratio_vs_echo": round(transfers / echo_summary["per_s"], 3) if echo_summary["per_s"] else None,
-        "p50_ms": wallet_summary["p50_ms"],
-        "p99_ms": wallet_summary["p99_ms"],
-        "baseline_p50_ms": baseline_summary["p50_ms"],
-        "baseline_p99_ms": baseline_summary["p99_ms"],
-        "echo_p50_ms": echo_summary["p50_ms"],
-        "echo_p99_ms": echo_summary["p99_ms"],
-        "clients": opts.clients,
-        "pool": opts.pool,
-        "synchronous_commit": synchronous_commit,
-        "fsync": fsync,
-        "seconds": opts.seconds,
-        "warmup_seconds": opts.warmup,
-        "fans": opts.fans,
-        "load_processes": opts.load_processes,
-        "channels": opts.channels,
-        "signing": opts.signing,
-        "cpus": os.cpu_count(),
-        "tips_acknowledged": wallet_load.acknowledged,
-        "cpu_cores": {"echo": echo_cores, "baseline": baseline_cores, "wallet": wallet_cores},
-        "audit": "ok" if not problems else problems,
-    }
+    async def run(self) -> dict:
+        opts = self.opts
+        loads = LoadProcesses(opts.load_processes)
+        try:
+            await migrate(self.engine)
+            async with self.engine.connect() as conn:
+                synchronous_commit = await conn.scalar(text("SHOW synchronous_commit"))
+                fsync = await conn.scalar(text("SHOW fsync"))
+            self.postgres_root = await _postgres_root(self.engine)
+            await _baseline_setup(self.engine, self.schema, opts.fans)
+            self.say(
+                f"wallet-hot: {opts.clients} clients in {opts.load_processes} load process(es),"
+                f" {opts.channels} channel(s) each, signing={opts.signing}, pool {opts.pool}, {opts.fans} fans,"
+                f" warm-up {opts.warmup:g} s + {opts.seconds:g} s measured per phase;"
+                f" synchronous_commit={synchronous_commit} fsync={fsync}; {os.cpu_count()} CPUs"
+            )
+            await loads.ready()
+            echo = await self.echo(loads)
+            baseline, problems = await self.baseline()
+            with tempfile.TemporaryDirectory(prefix="fanbank-bench-") as log_dir:
+                wallet, wallet_problems = await self.wallet(loads, Path(log_dir))
+            problems += wallet_problems
+        finally:
+            loads.close()
+            with contextlib.suppress(Exception):
+                async with self.engine.begin() as conn:
+                    await conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+            await self.engine.dispose()
+        self.say("done")
+
+        def ratio(a: float, b: float, digits: int) -> float | None:
+            return round(a / b, digits) if b else None
+
+        tips = wallet.summary["per_s"]
+        return {
+            "scenario": "wallet-hot",
+            "transfers_per_s": tips,
+            "baseline_per_s": baseline.summary["per_s"],
+            "ratio_vs_baseline": ratio(tips, baseline.summary["per_s"], 2),
+            "echo_rpc_per_s": echo.summary["per_s"],
+            "ratio_vs_echo": ratio(tips, echo.summary["per_s"], 3),
+            "p50_ms": wallet.summary["p50_ms"],
+            "p99_ms": wallet.summary["p99_ms"],
+            "baseline_p50_ms": baseline.summary["p50_ms"],
+            "baseline_p99_ms": baseline.summary["p99_ms"],
+            "echo_p50_ms": echo.summary["p50_ms"],
+            "echo_p99_ms": echo.summary["p99_ms"],
+            "clients": opts.clients,
+            "pool": opts.pool,
+            "synchronous_commit": synchronous_commit,
+            "fsync": fsync,
+            "seconds": opts.seconds,
+            "warmup_seconds": opts.warmup,
+            "fans": opts.fans,
+            "load_processes": opts.load_processes,
+            "channels": opts.channels,
+            "signing": opts.signing,
+            "cpus": os.cpu_count(),
+            "tips_acknowledged": wallet.load.acknowledged,
+            "phases": {"echo": echo.report, "baseline": baseline.report, "wallet": wallet.report},
+            "audit": "ok" if not problems else problems,
+        }
 
 
 # ---- databases ------------------------------------------------------------------------------------
@@ -863,29 +907,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
+@contextlib.contextmanager
+def _database(settings):
+    """The database the run works in: FANBANK_DATABASE_URL as given, else a fresh one on the embedded stack."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from shared.embedded import EmbeddedStack
+
+    with EmbeddedStack(settings.data_dir / "bench") as stack:
+        admin = _plain(stack.database_url)
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield _with_database(stack.database_url, name)
+        finally:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
-    settings = load_settings()
-    stack = None
-    database_url = settings.database_url
-    admin_url = None
-    if database_url is None:
-        from shared.embedded import EmbeddedStack
-
-        stack = EmbeddedStack(settings.data_dir / "bench")
-        admin_url, _ = stack.start()
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(_plain(admin_url), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database_url = _with_database(admin_url, name)
-    try:
-        result = asyncio.run(_run(opts, database_url))
-    finally:
-        if stack is not None:
-            try:
-                with psycopg.connect(_plain(admin_url), autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                stack.stop()
+    with _database(load_settings()) as database_url:
+        result = asyncio.run(Run(opts, database_url).run())
     print(json.dumps(result), flush=True)
     return 0 if result["audit"] == "ok" else 1

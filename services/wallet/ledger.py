@@ -26,6 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 from psycopg import errors as pg_errors
 from sqlalchemy import text
@@ -128,6 +129,11 @@ class _Original:
 class _Waiter:
     op: Op
     future: asyncio.Future
+
+
+# An op's outcome: (applied?, the response message or stored bytes — a Status when refused) or a
+# refusal that is not remembered.
+_Result = tuple[bool, Message | bytes] | DomainError
 
 
 class _AccountRace(Exception):
@@ -252,7 +258,7 @@ class _Scratch:
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine, batch_max: int = 500, committers: int = 3):
+    def __init__(self, engine: AsyncEngine, batch_max: int = 500, committers: int = 1):
         assert batch_max >= 1 and committers >= 1
         self.engine = engine
         self.batch_max = batch_max
@@ -277,8 +283,9 @@ class Ledger:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
 
-    async def submit(self, op: Op) -> bytes:
-        """Applies `op` (or finds its earlier answer); answers the response bytes or raises."""
+    async def submit(self, op: Op) -> Message | bytes:
+        """Applies `op` (or finds its earlier answer); answers the response — the message when it was
+        made now, its stored bytes when it is a replay — or raises the refusal."""
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Waiter(op, future))
         return await future
@@ -292,11 +299,16 @@ class Ledger:
                 await self._run(waiters)
             except Exception as exc:
                 log.exception("wallet batch failed")
+                # A database that cannot be reached is UNAVAILABLE (callers retry with the same ids);
+                # anything else is a bug, and retrying it would only repeat it.
+                code, reason = (
+                    (grpc.StatusCode.UNAVAILABLE, "LEDGER_UNAVAILABLE")
+                    if isinstance(exc, DBAPIError | OSError)
+                    else (grpc.StatusCode.INTERNAL, "INTERNAL")
+                )
                 for waiter in waiters:
                     if not waiter.future.done():
-                        waiter.future.set_exception(
-                            DomainError(grpc.StatusCode.UNAVAILABLE, "LEDGER_UNAVAILABLE", f"ledger error: {exc}")
-                        )
+                        waiter.future.set_exception(DomainError(code, reason, "the ledger could not apply this batch"))
 
     # ---- accounts ----------------------------------------------------------------------------
 
@@ -322,23 +334,6 @@ class Ledger:
                 },
             )
 
-    async def _lookup(self, refs: set[Ref]) -> None:
-        """Caches the ids of those of `refs` that exist (the natural key → id mapping never changes)."""
-        missing = sorted(r for r in refs if r not in self._ids)
-        if not missing:
-            return
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                text(
-                    "SELECT a.id, a.owner_id, a.asset, a.code FROM wallet.accounts a"
-                    " JOIN unnest(CAST(:o AS text[]), CAST(:a AS text[]), CAST(:c AS text[])) AS u(o, s, c)"
-                    " ON a.owner_id = u.o AND a.asset = u.s AND a.code = u.c"
-                ),
-                {"o": [r.owner_id for r in missing], "a": [r.asset for r in missing], "c": [r.code for r in missing]},
-            )
-            for row in rows:
-                self._remember(row.id, Ref(row.owner_id, row.asset, row.code))
-
     # ---- the batch ---------------------------------------------------------------------------
 
     async def _run(self, waiters: list[_Waiter]) -> None:
@@ -350,10 +345,10 @@ class Ledger:
                 leaders[waiter.op.identity] = waiter
             else:
                 followers.append((waiter, leader))
+        ready = list(leaders.values())
         for attempt in range(1, _MAX_ATTEMPTS + 1):
-            ready, new_refs = await self._resolve_accounts([w for w in leaders.values() if not w.future.done()])
             try:
-                results = await self._transaction(ready, new_refs)
+                results = await self._transaction(ready)
                 break
             except (DBAPIError, _AccountRace) as exc:
                 cause = exc.orig if isinstance(exc, DBAPIError) else exc
@@ -367,38 +362,8 @@ class Ledger:
         for waiter, leader in followers:
             _settle(waiter.future, _replay(waiter.op, leader.op, leader.future))
 
-    async def _resolve_accounts(self, waiters: list[_Waiter]) -> tuple[list[_Waiter], set[Ref]]:
-        """Finds the accounts a batch names. A missing account an op may create (a credit, a system
-        account) becomes a new account of the batch, written only if an op that uses it succeeds;
-        an op whose debit account does not exist is refused here and changes nothing."""
-        await self._lookup({ref for waiter in waiters for ref, _ in _refs_of(waiter.op)})
-        ready: list[_Waiter] = []
-        new_refs: set[Ref] = set()
-        for waiter in waiters:
-            refs = _refs_of(waiter.op)
-            unknown = [ref for ref, creatable in refs if ref not in self._ids and not creatable]
-            if waiter.op.kind in ("TRANSFER", "BATCH"):
-                unknown = _wallet_halves_ok(unknown, self._ids)
-            if unknown:
-                ref = unknown[0]
-                waiter.future.set_exception(
-                    not_found(
-                        "ACCOUNT_NOT_FOUND",
-                        f"no {ref.code} account in {ref.asset} for {ref.owner_id or 'the platform'}",
-                        owner_id=ref.owner_id,
-                        code=ref.code,
-                        asset=ref.asset,
-                    )
-                )
-                continue
-            new_refs.update(ref for ref, creatable in refs if creatable and ref not in self._ids)
-            ready.append(waiter)
-        return ready, new_refs
-
-    async def _transaction(
-        self, waiters: list[_Waiter], new_refs: set[Ref]
-    ) -> dict[tuple, tuple[bool, bytes] | DomainError]:
-        results: dict[tuple, tuple[bool, bytes] | DomainError] = {}
+    async def _transaction(self, waiters: list[_Waiter]) -> dict[tuple, _Result]:
+        results: dict[tuple, _Result] = {}
         if not waiters:
             return results
         statements = 0
@@ -423,20 +388,19 @@ class Ledger:
                 needed = sum(len(postings) for postings in originals.values())
                 transfer_ids += await self._reserve_transfer_ids(conn, needed)
                 statements += 2
-            account_ids = self._account_ids(todo, holds, originals)
-            accounts, now = await self._lock_accounts(conn, account_ids)
+            account_ids, unknown_refs = self._accounts_named(todo, holds, originals)
+            accounts, now = await self._lock_accounts(conn, account_ids, unknown_refs)
             statements += 1
             batch = _Batch(now, accounts, transfer_ids, holds, originals)
             batch.ids = {account.ref: account.id for account in accounts.values()}
-            for number, ref in enumerate(sorted(new_refs), start=1):
-                batch.add_new_account(-number, ref)
             dropped: list[int] = []
             answers: list[tuple[int, bool, bytes]] = []
             for op in todo:
                 row_id = rows[op.identity]
                 try:
+                    self._check_accounts(batch, op)
                     response = self._apply(batch, op, row_id)
-                    answers.append((row_id, True, response))
+                    answers.append((row_id, True, response.SerializeToString()))
                     results[op.identity] = (True, response)
                 except _Refused as refused:
                     if refused.record:
@@ -490,21 +454,14 @@ class Ledger:
             text(
                 "WITH ins AS ("
                 " INSERT INTO wallet.operations (scope, kind, key, request, ok, response, created_at)"
-                f" SELECT s, k, y, CAST(r AS jsonb), false, '', {NOW_SQL}"
-                " FROM unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[]), CAST(:r AS text[]))"
-                " AS u(s, k, y, r) ORDER BY s, k, y"
+                f" SELECT e->>0, e->>1, e->>2, e->3, false, '', {NOW_SQL}"
+                " FROM jsonb_array_elements(CAST(:ops AS jsonb)) AS e ORDER BY e->>0, e->>1, e->>2"
                 " ON CONFLICT (scope, kind, key) DO NOTHING RETURNING id, scope, kind, key)"
                 " SELECT id, scope, kind, key, NULL::bigint[] AS ids FROM ins"
                 " UNION ALL SELECT NULL, NULL, NULL, NULL,"
                 " ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"
             ),
-            {
-                "s": [op.scope for op in ops],
-                "k": [op.kind for op in ops],
-                "y": [op.key for op in ops],
-                "r": [json.dumps(op.fields, sort_keys=True) for op in ops],
-                "n": postings_bound,
-            },
+            {"ops": _json([[op.scope, op.kind, op.key, op.fields] for op in ops]), "n": postings_bound},
         )
         claimed: dict[tuple, int] = {}
         transfer_ids: list[int] = []
@@ -597,27 +554,69 @@ class Ledger:
             )
         return originals
 
-    def _account_ids(self, ops: list[Op], holds: dict, originals: dict) -> set[int]:
+    def _accounts_named(self, ops: list[Op], holds: dict, originals: dict) -> tuple[set[int], set[Ref]]:
+        """The ids of the accounts a batch touches that this process knows, and the natural keys of
+        those it does not (looked up, and locked, by the same statement)."""
         ids: set[int] = set()
+        unknown: set[Ref] = set()
         for op in ops:
             for ref, _ in _refs_of(op):
-                if ref in self._ids:
-                    ids.add(self._ids[ref])
+                account_id = self._ids.get(ref)
+                if account_id is None:
+                    unknown.add(ref)
+                else:
+                    ids.add(account_id)
         for hold in holds.values():
             ids.update((hold.account_id, hold.destination_id))
         for postings in originals.values():
             for posting in postings:
                 ids.update((posting.debit, posting.credit))
-        return ids
+        return ids, unknown
 
-    async def _lock_accounts(self, conn: AsyncConnection, ids: set[int]) -> tuple[dict[int, _Account], dt.datetime]:
+    def _check_accounts(self, batch: _Batch, op: Op) -> None:
+        """A missing account an op may create (a credit, a system account) becomes a new account of
+        the batch, written only if an op that uses it succeeds; an op whose debit account does not
+        exist is refused and changes nothing."""
+        refs = _refs_of(op)
+        unknown = [ref for ref, creatable in refs if ref not in batch.ids and not creatable]
+        if op.kind in ("TRANSFER", "BATCH"):
+            unknown = _wallet_halves_ok(unknown, batch.ids)
+        if unknown:
+            ref = unknown[0]
+            raise _Refused(
+                not_found(
+                    "ACCOUNT_NOT_FOUND",
+                    f"no {ref.code} account in {ref.asset} for {ref.owner_id or 'the platform'}",
+                    owner_id=ref.owner_id,
+                    code=ref.code,
+                    asset=ref.asset,
+                ),
+                record=False,
+            )
+        for ref, creatable in refs:
+            if creatable and ref not in batch.ids:
+                batch.add_new_account(-(len(batch.ids) + 1), ref)
+
+    async def _lock_accounts(
+        self, conn: AsyncConnection, ids: set[int], refs: set[Ref]
+    ) -> tuple[dict[int, _Account], dt.datetime]:
+        """Locks the accounts named by id or by natural key, in id order, and reads the clock."""
+        refs_sorted = sorted(refs)
         result = await conn.execute(
             text(
                 f"SELECT {NOW_SQL} AS now, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
-                " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts"
-                " WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE) a ON true"
+                " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts WHERE id IN ("
+                " SELECT unnest(CAST(:ids AS bigint[])) UNION SELECT x.id FROM wallet.accounts x"
+                " JOIN unnest(CAST(:o AS text[]), CAST(:s AS text[]), CAST(:c AS text[])) AS u(o, s, c)"
+                " ON x.owner_id = u.o AND x.asset = u.s AND x.code = u.c)"
+                " ORDER BY id FOR UPDATE) a ON true"
             ),
-            {"ids": sorted(ids)},
+            {
+                "ids": sorted(ids),
+                "o": [r.owner_id for r in refs_sorted],
+                "s": [r.asset for r in refs_sorted],
+                "c": [r.code for r in refs_sorted],
+            },
         )
         accounts: dict[int, _Account] = {}
         now = None
@@ -641,29 +640,25 @@ class Ledger:
                 "t AS (INSERT INTO wallet.transfers (id, operation_id, leg, item_id, funding, code, asset,"
                 " debit_account_id, credit_account_id, amount, context_type, context_id, counterparty_id,"
                 " fee_bps, reverses_transfer_id, created_at)"
-                " SELECT u.*, CAST(:now AS timestamptz) FROM unnest(CAST(:t_id AS bigint[]), CAST(:t_op AS bigint[]),"
-                " CAST(:t_leg AS int[]), CAST(:t_item AS text[]), CAST(:t_fund AS text[]), CAST(:t_code AS text[]),"
-                " CAST(:t_asset AS text[]), CAST(:t_dr AS bigint[]), CAST(:t_cr AS bigint[]),"
-                " CAST(:t_amt AS bigint[]), CAST(:t_ctype AS text[]), CAST(:t_cid AS text[]),"
-                " CAST(:t_cp AS text[]), CAST(:t_fee AS int[]), CAST(:t_rev AS bigint[])) AS u)"
+                " SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::int, r->>3, r->>4, r->>5, r->>6, (r->>7)::bigint,"
+                " (r->>8)::bigint, (r->>9)::bigint, r->>10, r->>11, r->>12, (r->>13)::int, (r->>14)::bigint,"
+                " CAST(:now AS timestamptz) FROM jsonb_array_elements(CAST(:t AS jsonb)) AS r)"
             )
-            params.update(
-                t_id=[x.id for x in p], t_op=[x.op_row for x in p], t_leg=[x.leg for x in p],
-                t_item=[x.item_id for x in p], t_fund=[x.funding for x in p], t_code=[x.code for x in p],
-                t_asset=[batch.accounts[x.debit].ref.asset for x in p], t_dr=[x.debit for x in p],
-                t_cr=[x.credit for x in p], t_amt=[x.amount for x in p], t_ctype=[x.context_type for x in p],
-                t_cid=[x.context_id for x in p], t_cp=[x.counterparty_id for x in p],
-                t_fee=[x.fee_bps for x in p], t_rev=[x.reverses for x in p],
+            params["t"] = _json(
+                [
+                    [x.id, x.op_row, x.leg, x.item_id, x.funding, x.code, batch.accounts[x.debit].ref.asset,
+                     x.debit, x.credit, x.amount, x.context_type, x.context_id, x.counterparty_id, x.fee_bps,
+                     x.reverses]
+                    for x in p
+                ]
             )  # fmt: skip
             e = batch.entries
             parts.append(
                 "e AS (INSERT INTO wallet.entries (transfer_id, account_id, amount, balance_after, created_at)"
-                " SELECT u.*, CAST(:now AS timestamptz) FROM unnest(CAST(:e_t AS bigint[]), CAST(:e_a AS bigint[]),"
-                " CAST(:e_amt AS bigint[]), CAST(:e_bal AS bigint[])) AS u)"
+                " SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::bigint, (r->>3)::bigint,"
+                " CAST(:now AS timestamptz) FROM jsonb_array_elements(CAST(:e AS jsonb)) AS r)"
             )
-            params.update(
-                e_t=[x[0] for x in e], e_a=[x[1] for x in e], e_amt=[x[2] for x in e], e_bal=[x[3] for x in e]
-            )
+            params["e"] = _json(e)
         created = {account.id for account in batch.created}
         accounts = sorted((a for a in batch.accounts.values() if a.id not in created), key=lambda a: a.id)
         if accounts:
@@ -722,10 +717,10 @@ class Ledger:
             )
         if answers:
             parts.append(
-                "o AS (UPDATE wallet.operations x SET ok = u.ok, response = u.resp FROM unnest(CAST(:o_id AS bigint[]),"
-                " CAST(:o_ok AS boolean[]), CAST(:o_resp AS bytea[])) AS u(id, ok, resp) WHERE x.id = u.id)"
+                "o AS (UPDATE wallet.operations x SET ok = (r->>1)::boolean, response = decode(r->>2, 'hex')"
+                " FROM jsonb_array_elements(CAST(:o AS jsonb)) AS r WHERE x.id = (r->>0)::bigint)"
             )
-            params.update(o_id=[a[0] for a in answers], o_ok=[a[1] for a in answers], o_resp=[a[2] for a in answers])
+            params["o"] = _json([[row_id, ok, response.hex()] for row_id, ok, response in answers])
         if dropped:
             parts.append("d AS (DELETE FROM wallet.operations WHERE id = ANY(CAST(:drop AS bigint[])))")
             params["drop"] = dropped
@@ -741,12 +736,12 @@ class Ledger:
 
     # ---- applying one op ------------------------------------------------------------------------
 
-    def _apply(self, batch: _Batch, op: Op, row_id: int) -> bytes:
+    def _apply(self, batch: _Batch, op: Op, row_id: int) -> Message:
         handler = getattr(self, f"_apply_{op.kind.lower()}")
         scratch = _Scratch(batch)
         response = handler(batch, scratch, op, row_id)
         scratch.commit()
-        return response.SerializeToString()
+        return response
 
     def _spend(self, batch: _Batch, scratch: _Scratch, item: Item, row_id: int, leg: int) -> pb.Transfer:
         """Posts one item; a USER_WALLET debit draws promotional tokens first, then purchased."""
@@ -972,6 +967,12 @@ class Ledger:
 # ---- helpers ------------------------------------------------------------------------------------
 
 
+def _json(rows: list) -> str:
+    """Many rows travel as one JSON parameter: json.dumps is C, where psycopg's per-element
+    array dumping (with quoting) was a measurable share of the ledger's CPU."""
+    return json.dumps(rows, separators=(",", ":"))
+
+
 def _funding_of(ref: Ref) -> str:
     return ref.code.removeprefix("USER_") if ref.code in (model.PROMOTIONAL, model.PURCHASED) else "NONE"
 
@@ -1041,13 +1042,13 @@ def _mismatch(op: Op, stored_fields: dict) -> DomainError | None:
     raise AssertionError("fields differ but no key differs")
 
 
-def _replay_stored(op: Op, stored: tuple) -> tuple[bool, bytes] | DomainError:
+def _replay_stored(op: Op, stored: tuple) -> _Result:
     fields, ok, response = stored
     assert response, f"operation {op.identity} has no stored answer"
     return _mismatch(op, fields) or (ok, response)
 
 
-def _replay(op: Op, leader: Op, leader_future: asyncio.Future) -> tuple[bool, bytes] | DomainError:
+def _replay(op: Op, leader: Op, leader_future: asyncio.Future) -> _Result:
     """A duplicate within one batch gets the leader's answer (or the reused-id refusal)."""
     mismatch = _mismatch(op, leader.fields)
     if mismatch:
@@ -1058,7 +1059,7 @@ def _replay(op: Op, leader: Op, leader_future: asyncio.Future) -> tuple[bool, by
     return True, leader_future.result()
 
 
-def _settle(future: asyncio.Future, result: tuple[bool, bytes] | DomainError) -> None:
+def _settle(future: asyncio.Future, result: _Result) -> None:
     if future.done():
         return
     if isinstance(result, DomainError):

@@ -159,7 +159,8 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         self.watchers = watchers
 
     async def _submit(self, op: Op, response_type: type[Message]) -> Message:
-        return response_type.FromString(await self.ledger.submit(op))
+        response = await self.ledger.submit(op)
+        return response if isinstance(response, Message) else response_type.FromString(response)
 
     # ---- accounts -----------------------------------------------------------------------------
 
@@ -224,7 +225,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
             elif isinstance(outcome, BaseException):
                 raise outcome
             else:
-                result.transfer.ParseFromString(outcome)
+                result.transfer.CopyFrom(outcome if isinstance(outcome, Message) else pb.Transfer.FromString(outcome))
         return response
 
     async def ReverseTransfer(self, request: pb.ReverseTransferRequest, context) -> pb.ReverseTransferResponse:

@@ -84,7 +84,7 @@ def tip_op(fan: str) -> Op:
 
 async def submit_all(ledger: Ledger, ops: list[Op]) -> list[pb.Transfer]:
     answers = await asyncio.gather(*(ledger.submit(op) for op in ops))
-    return [pb.Transfer.FromString(answer) for answer in answers]
+    return [answer if isinstance(answer, pb.Transfer) else pb.Transfer.FromString(answer) for answer in answers]
 
 
 async def fund(ledger: Ledger, fans: list[str]) -> None:
