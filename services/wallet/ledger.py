@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -29,7 +30,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 from psycopg import errors as pg_errors
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -320,7 +321,7 @@ class Ledger:
         ordered = sorted(refs)
         async with self.engine.begin() as conn:
             await conn.execute(
-                text(
+                _sql(
                     "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, created_at)"
                     f" SELECT o, a, c, n, {NOW_SQL} FROM unnest(CAST(:o AS text[]), CAST(:a AS text[]),"
                     " CAST(:c AS text[]), CAST(:n AS boolean[])) AS u(o, a, c, n) ORDER BY o, a, c"
@@ -426,7 +427,7 @@ class Ledger:
         meanwhile, its balance is unknown here: the batch is rolled back and retried."""
         new = sorted((batch.accounts[i] for i in batch.used_new), key=lambda a: a.ref)
         result = await conn.execute(
-            text(
+            _sql(
                 "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, posted, pending, created_at)"
                 " SELECT o, a, c, n, p, q, CAST(:now AS timestamptz) FROM unnest(CAST(:o AS text[]),"
                 " CAST(:a AS text[]), CAST(:c AS text[]), CAST(:n AS boolean[]), CAST(:p AS bigint[]),"
@@ -451,7 +452,7 @@ class Ledger:
     async def _claim(self, conn: AsyncConnection, ops: list[Op]) -> tuple[dict[tuple, int], list[int]]:
         postings_bound = sum(_postings_bound(op) for op in ops)
         result = await conn.execute(
-            text(
+            _sql(
                 "WITH ins AS ("
                 " INSERT INTO wallet.operations (scope, kind, key, request, ok, response, created_at)"
                 f" SELECT e->>0, e->>1, e->>2, e->3, false, '', {NOW_SQL}"
@@ -474,13 +475,13 @@ class Ledger:
 
     async def _reserve_transfer_ids(self, conn: AsyncConnection, count: int) -> list[int]:
         result = await conn.execute(
-            text("SELECT ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"), {"n": count}
+            _sql("SELECT ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"), {"n": count}
         )
         return list(result.scalar_one())
 
     async def _stored(self, conn: AsyncConnection, ops: list[Op]) -> list[tuple[Op, tuple]]:
         result = await conn.execute(
-            text(
+            _sql(
                 "SELECT o.scope, o.kind, o.key, o.request, o.ok, o.response FROM wallet.operations o"
                 " JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[])) AS u(s, k, y)"
                 " ON o.scope = u.s AND o.kind = u.k AND o.key = u.y"
@@ -493,7 +494,7 @@ class Ledger:
     async def _lock_holds(self, conn: AsyncConnection, ops: list[Op]) -> dict[tuple[str, str], _Hold]:
         keys = sorted({(op.scope, op.payload.hold_id) for op in ops if op.kind in ("CAPTURE", "VOID")})
         result = await conn.execute(
-            text(
+            _sql(
                 "SELECT h.* FROM wallet.holds h JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[])) AS u(s, k)"
                 " ON h.scope = u.s AND h.key = u.k ORDER BY h.id FOR UPDATE OF h"
             ),
@@ -524,7 +525,7 @@ class Ledger:
             {(op.scope, op.payload.target_kind, op.payload.target_key) for op in ops if op.kind == "REVERSAL"}
         )
         result = await conn.execute(
-            text(
+            _sql(
                 "SELECT o.scope, o.kind, o.key, t.* FROM wallet.transfers t"
                 " JOIN wallet.operations o ON o.id = t.operation_id"
                 " JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[])) AS u(s, k, y)"
@@ -603,7 +604,7 @@ class Ledger:
         """Locks the accounts named by id or by natural key, in id order, and reads the clock."""
         refs_sorted = sorted(refs)
         result = await conn.execute(
-            text(
+            _sql(
                 f"SELECT {NOW_SQL} AS now, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
                 " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts WHERE id IN ("
                 " SELECT unnest(CAST(:ids AS bigint[])) UNION SELECT x.id FROM wallet.accounts x"
@@ -732,7 +733,7 @@ class Ledger:
             select = f"SELECT pg_notify('{NOTIFY_CHANNEL}', :notify)"
             params["notify"] = payload
         sql = ("WITH " + ", ".join(parts) + " " if parts else "") + select
-        await conn.execute(text(sql), params)
+        await conn.execute(_sql(sql), params)
 
     # ---- applying one op ------------------------------------------------------------------------
 
@@ -965,6 +966,12 @@ class Ledger:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _sql(statement: str) -> TextClause:
+    """Parsed once per distinct statement text: the ledger's statements are a small fixed set."""
+    return text(statement)
 
 
 def _json(rows: list) -> str:
