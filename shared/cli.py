@@ -85,6 +85,8 @@ def _wait_healthy(target: str, process: subprocess.Popen, seconds: int = 60) -> 
 
 
 def cmd_up(_args) -> int:
+    # A person or a test reads this as it happens, often through a pipe.
+    sys.stdout.reconfigure(line_buffering=True)
     settings = load_settings()
     env = dict(os.environ)
     stack = None

@@ -23,7 +23,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _read_until(process: subprocess.Popen, marker: str, seconds: int = 90) -> str:
+def _read_until(process: subprocess.Popen, marker: str, seconds: int = 240) -> str:
     seen = ""
     deadline = time.monotonic() + seconds
     while marker not in seen:
