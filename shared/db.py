@@ -95,7 +95,10 @@ async def migrate(engine: AsyncEngine, migrations: list[Migration] | None = None
             )
             if done:
                 continue
-            await conn.exec_driver_sql(migration.sql)
+            # On the driver itself, without parameters: SQLAlchemy's exec_driver_sql would make psycopg
+            # read every % in the migration (LIKE patterns, format()) as a placeholder.
+            raw = await conn.get_raw_connection()
+            await raw.driver_connection.execute(migration.sql)
             await conn.execute(
                 text(f'INSERT INTO "{schema}".schema_migrations (version, name) VALUES (:v, :n)'),
                 {"v": migration.version, "n": migration.name},
