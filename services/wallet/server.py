@@ -187,6 +187,8 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
     async def Transfer(self, request: pb.TransferRequest, context) -> pb.TransferResponse:
         principal = _principal()
         item = model.item_from_pb(request.transfer)
+        if request.transfer.group_id:
+            raise invalid("GROUP_ID_NOT_ALLOWED", "group_id is for items of an INDEPENDENT batch", field="group_id")
         _check_user_spend(principal, item)
         op = Op(_scope(principal), "TRANSFER", item.transfer_id, item.fields(), item)
         return pb.TransferResponse(transfer=await self._submit(op, pb.Transfer))
@@ -203,6 +205,8 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         if len({item.transfer_id for item in items}) != len(items):
             raise invalid("DUPLICATE_TRANSFER_ID", "transfer ids within a batch must differ", field="transfers")
         scope = _scope(principal)
+        if request.mode != pb.BATCH_MODE_INDEPENDENT and any(spec.group_id for spec in request.transfers):
+            raise invalid("GROUP_ID_NOT_ALLOWED", "group_id is for items of an INDEPENDENT batch", field="transfers")
         if request.mode == pb.BATCH_MODE_LINKED:
             model.check_id("batch_id", request.batch_id)
             fields = {"mode": "LINKED", "items": [item.fields() for item in items]}
@@ -213,19 +217,42 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
             raise invalid("INVALID_BATCH_MODE", "mode must be LINKED or INDEPENDENT", field="mode")
         if request.batch_id:
             model.check_id("batch_id", request.batch_id)
-        outcomes = await asyncio.gather(
-            *(self.ledger.submit(Op(scope, "TRANSFER", item.transfer_id, item.fields(), item)) for item in items),
-            return_exceptions=True,
-        )
+        # Items sharing a group_id are one linked op (idempotent on the group id); the rest stand alone.
+        units: dict[str, list[tuple[int, model.Item]]] = {}
+        for index, (spec, item) in enumerate(zip(request.transfers, items, strict=True)):
+            key = model.check_id(f"transfers[{index}].group_id", spec.group_id) if spec.group_id else f"#{index}"
+            units.setdefault(key, []).append((index, item))
+        ops = []
+        for key, members in units.items():
+            if key.startswith("#"):
+                item = members[0][1]
+                ops.append(Op(scope, "TRANSFER", item.transfer_id, item.fields(), item))
+            else:
+                group = tuple(item for _, item in members)
+                fields = {"mode": "LINKED", "items": [item.fields() for item in group]}
+                ops.append(Op(scope, "BATCH", key, fields, group))
+        outcomes = await asyncio.gather(*(self.ledger.submit(op) for op in ops), return_exceptions=True)
+        transfers: dict[int, pb.Transfer | DomainError] = {}
+        for (key, members), outcome in zip(units.items(), outcomes, strict=True):
+            if isinstance(outcome, BaseException) and not isinstance(outcome, DomainError):
+                raise outcome
+            if isinstance(outcome, DomainError):
+                transfers.update((index, outcome) for index, _ in members)
+            elif key.startswith("#"):
+                transfers[members[0][0]] = outcome if isinstance(outcome, Message) else pb.Transfer.FromString(outcome)
+            else:
+                group = outcome if isinstance(outcome, Message) else pb.BatchTransferResponse.FromString(outcome)
+                transfers.update(
+                    (index, result.transfer) for (index, _), result in zip(members, group.results, strict=True)
+                )
         response = pb.BatchTransferResponse(batch_id=request.batch_id)
-        for item, outcome in zip(items, outcomes, strict=True):
+        for index, item in enumerate(items):
             result = response.results.add(transfer_id=item.transfer_id)
+            outcome = transfers[index]
             if isinstance(outcome, DomainError):
                 result.error.CopyFrom(outcome.to_status())
-            elif isinstance(outcome, BaseException):
-                raise outcome
             else:
-                result.transfer.CopyFrom(outcome if isinstance(outcome, Message) else pb.Transfer.FromString(outcome))
+                result.transfer.CopyFrom(outcome)
         return response
 
     async def ReverseTransfer(self, request: pb.ReverseTransferRequest, context) -> pb.ReverseTransferResponse:

@@ -57,3 +57,63 @@ async def test_tip_promotional_first(wallet):
     assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS and reason_of(e.value) == "ID_REUSED_AMOUNT"
     audit = await w.Audit(pb.AuditRequest())
     assert audit.ok, audit
+
+
+async def test_independent_batch_with_linked_groups(wallet):
+    """A call block and its fee commit together; one fan's empty wallet fails only its own group."""
+    caller, _ = wallet
+    w = caller.wallet
+    for fan, amount in (("gfan1", 100), ("gfan2", 40)):
+        await w.Transfer(
+            pb.TransferRequest(
+                transfer=pb.TransferSpec(
+                    transfer_id=f"fund-{fan}",
+                    debit=ref("", pb.ACCOUNT_CODE_PROVIDER_CLEARING),
+                    credit=ref(fan, pb.ACCOUNT_CODE_USER_PURCHASED),
+                    amount=amount,
+                    code=pb.TRANSFER_CODE_PURCHASE,
+                )
+            )
+        )
+
+    def block(fan, creator_share, fee):
+        group = f"call-{fan}-block-1"
+        return [
+            pb.TransferSpec(
+                transfer_id=f"{group}-creator",
+                group_id=group,
+                debit=ref(fan, pb.ACCOUNT_CODE_USER_WALLET),
+                credit=ref("gcreator", pb.ACCOUNT_CODE_CREATOR_EARNINGS),
+                amount=creator_share,
+                code=pb.TRANSFER_CODE_CALL_BLOCK,
+                fee_bps=3000,
+            ),
+            pb.TransferSpec(
+                transfer_id=f"{group}-fee",
+                group_id=group,
+                debit=ref(fan, pb.ACCOUNT_CODE_USER_WALLET),
+                credit=ref("", pb.ACCOUNT_CODE_PLATFORM_REVENUE),
+                amount=fee,
+                code=pb.TRANSFER_CODE_CALL_BLOCK,
+                fee_bps=3000,
+            ),
+        ]
+
+    request = pb.BatchTransferRequest(
+        batch_id="tick-1", mode=pb.BATCH_MODE_INDEPENDENT, transfers=block("gfan1", 35, 15) + block("gfan2", 35, 15)
+    )
+    first = await w.BatchTransfer(request)
+    assert [r.HasField("transfer") for r in first.results] == [True, True, False, False]
+    assert reason_of_status(first.results[2].error) == "INSUFFICIENT_FUNDS"
+    assert await w.BatchTransfer(request) == first
+    fan2 = await w.GetBalance(pb.GetBalanceRequest(owner_id="gfan2"))
+    assert fan2.spendable_posted == 40  # the creator leg (35) was affordable alone, but not with its fee
+    creator = await w.GetBalance(pb.GetBalanceRequest(owner_id="gcreator"))
+    assert creator.accounts[0].posted == 35
+    assert (await w.Audit(pb.AuditRequest())).ok
+
+
+def reason_of_status(status) -> str:
+    from shared.errors import error_info
+
+    return error_info(status).reason

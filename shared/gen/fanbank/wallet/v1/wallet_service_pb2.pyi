@@ -145,7 +145,7 @@ class Account(_message.Message):
     def __init__(self, ref: _Optional[_Union[AccountRef, _Mapping]] = ..., posted: _Optional[int] = ..., pending: _Optional[int] = ..., available: _Optional[int] = ..., must_not_go_negative: _Optional[bool] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class TransferSpec(_message.Message):
-    __slots__ = ("transfer_id", "debit", "credit", "amount", "code", "context_type", "context_id", "counterparty_id", "fee_bps")
+    __slots__ = ("transfer_id", "debit", "credit", "amount", "code", "context_type", "context_id", "counterparty_id", "fee_bps", "group_id")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     DEBIT_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class TransferSpec(_message.Message):
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     COUNTERPARTY_ID_FIELD_NUMBER: _ClassVar[int]
     FEE_BPS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     debit: AccountRef
     credit: AccountRef
@@ -164,7 +165,8 @@ class TransferSpec(_message.Message):
     context_id: str
     counterparty_id: str
     fee_bps: int
-    def __init__(self, transfer_id: _Optional[str] = ..., debit: _Optional[_Union[AccountRef, _Mapping]] = ..., credit: _Optional[_Union[AccountRef, _Mapping]] = ..., amount: _Optional[int] = ..., code: _Optional[_Union[TransferCode, str]] = ..., context_type: _Optional[str] = ..., context_id: _Optional[str] = ..., counterparty_id: _Optional[str] = ..., fee_bps: _Optional[int] = ...) -> None: ...
+    group_id: str
+    def __init__(self, transfer_id: _Optional[str] = ..., debit: _Optional[_Union[AccountRef, _Mapping]] = ..., credit: _Optional[_Union[AccountRef, _Mapping]] = ..., amount: _Optional[int] = ..., code: _Optional[_Union[TransferCode, str]] = ..., context_type: _Optional[str] = ..., context_id: _Optional[str] = ..., counterparty_id: _Optional[str] = ..., fee_bps: _Optional[int] = ..., group_id: _Optional[str] = ...) -> None: ...
 
 class Posting(_message.Message):
     __slots__ = ("debit", "credit", "amount", "funding")
