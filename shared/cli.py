@@ -1,8 +1,8 @@
 """The `fanbank` command.
 
-fanbank up                 embedded PostgreSQL + Redis (unless URLs are set), migrate, every service
+fanbank up                 embedded PostgreSQL + Redis (unless URLs are set), migrate, every service, the edge
 fanbank migrate            apply every service's migrations to FANBANK_DATABASE_URL
-fanbank serve SERVICE      run one service (what a container runs)
+fanbank serve SERVICE      run one service or the edge (what a container runs)
 fanbank bench SCENARIO     run a benchmark; the last line printed is one JSON object
 """
 
@@ -12,10 +12,13 @@ import argparse
 import asyncio
 import importlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 from shared import logs
 from shared.config import load_settings
@@ -51,6 +54,11 @@ def cmd_migrate(_args) -> int:
 def cmd_serve(args) -> int:
     settings = load_settings()
     logs.setup(settings.log_level, args.service)
+    if args.service == "edge":
+        from services.edge.server import serve
+
+        asyncio.run(serve(settings, args.port))
+        return 0
 
     async def main() -> None:
         runtime, _ = await host(args.service, settings, args.port)
@@ -84,6 +92,27 @@ def _wait_healthy(target: str, process: subprocess.Popen, seconds: int = 60) -> 
     return status if process.poll() is None else f"EXITED({process.returncode})"
 
 
+def _wait_http(url: str, process: subprocess.Popen, seconds: int = 60) -> str:
+    deadline = time.monotonic() + seconds
+    status = "UNKNOWN"
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                if reply.status == 200:
+                    return "SERVING"
+        except (urllib.error.URLError, OSError) as error:
+            status = type(error).__name__
+        time.sleep(0.2)
+    return status if process.poll() is None else f"EXITED({process.returncode})"
+
+
+def _example_curl(edge_url: str) -> str:
+    python = os.path.relpath(sys.executable)
+    python = python if not python.startswith("..") else sys.executable
+    token = f"$({shlex.quote(python)} -m services.edge.token fan-1)"
+    return f'curl -s -H "Authorization: Bearer {token}" {edge_url}/v1/owners/fan-1/balance'
+
+
 def cmd_up(_args) -> int:
     # A person or a test reads this as it happens, often through a pipe.
     sys.stdout.reconfigure(line_buffering=True)
@@ -110,7 +139,14 @@ def cmd_up(_args) -> int:
         for name, process in children:
             target = f"{settings.host}:{settings.ports[name]}"
             print(f"  {name:<8} grpc://{target}  health: {_wait_healthy(target, process)}")
+        edge = subprocess.Popen([sys.executable, "-m", "shared.cli", "serve", "edge"], env=env)
+        children.append(("edge", edge))
+        edge_url = f"http://{settings.addresses['edge']}"
+        edge_health = _wait_http(edge_url + "/healthz", edge)
+        # First after the last wait, so a script waiting for this line gets it in a chunk of its own.
         print(f"preset: {settings.preset_name}. Ctrl-C stops everything.")
+        print(f"  {'edge':<8} {edge_url}  health: {edge_health}")
+        print(f"  try it: {_example_curl(edge_url)}")
         if settings.using_dev_keys:
             print("warning: using built-in development service keys (set FANBANK_SERVICE_KEYS in production)")
         stop = {"now": False}
@@ -155,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start everything (embedded database unless configured)").set_defaults(func=cmd_up)
     sub.add_parser("migrate", help="apply migrations").set_defaults(func=cmd_migrate)
     serve = sub.add_parser("serve", help="run one service")
-    serve.add_argument("service", choices=sorted(SERVICE_CLASSES))
+    serve.add_argument("service", choices=sorted([*SERVICE_CLASSES, "edge"]))
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=cmd_serve)
     bench = sub.add_parser("bench", help="run a benchmark scenario")

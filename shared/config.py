@@ -23,6 +23,10 @@ DEFAULT_USER_DELEGATES = ("edge", "platform")
 # Used only when no FANBANK_SERVICE_KEYS is configured, so `make up` works out of the box. Its use
 # is logged as a warning at start-up; a deployment sets real keys.
 DEV_SECRET = "fanbank-dev-secret-not-for-production"
+# Signs and verifies users' bearer tokens at the edge when FANBANK_JWT_SECRET is unset, so `make up`
+# and its example curl work out of the box; the edge logs a warning when it is in use.
+DEV_JWT_SECRET = "fanbank-dev-jwt-secret-not-for-production"
+JWT_ALGORITHMS = ("HS256", "RS256")
 
 
 class ConfigError(ValueError):
@@ -96,6 +100,16 @@ class Settings:
     wallet_batch_max: int
     wallet_committers: int
     wallet_hold_sweep_ms: int
+    # The edge: users' bearer JWTs (HS256 with jwt_secret, or RS256 with jwt_public_key: PEM text or
+    # @path), which claim carries the roles, browser origins allowed by CORS, request body bound.
+    jwt_algorithm: str
+    jwt_secret: str
+    jwt_public_key: str | None
+    jwt_audience: str
+    jwt_issuer: str
+    jwt_roles_claim: str
+    cors_origins: tuple[str, ...]
+    edge_max_body_bytes: int
 
     def key_for(self, caller: str) -> bytes:
         try:
@@ -107,6 +121,9 @@ class Settings:
 def load_settings() -> Settings:
     keys, dev = _service_keys()
     clock_mode = _env("FANBANK_CLOCK", "system")
+    jwt_algorithm = _env("FANBANK_JWT_ALGORITHM", "HS256")
+    if jwt_algorithm not in JWT_ALGORITHMS:
+        raise ConfigError(f"FANBANK_JWT_ALGORITHM must be one of {', '.join(JWT_ALGORITHMS)}")
     if clock_mode not in ("system", "controlled"):
         raise ConfigError("FANBANK_CLOCK must be 'system' or 'controlled'")
     ports = {svc: _int(f"FANBANK_{svc.upper()}_PORT", port, 0, 65535) for svc, port in DEFAULT_PORTS.items()}
@@ -135,4 +152,12 @@ def load_settings() -> Settings:
         wallet_batch_max=_int("FANBANK_WALLET_BATCH_MAX", 500, 1, 5000),
         wallet_committers=_int("FANBANK_WALLET_COMMITTERS", 1, 1, 64),
         wallet_hold_sweep_ms=_int("FANBANK_WALLET_HOLD_SWEEP_MS", 1000, 10, 3_600_000),
+        jwt_algorithm=jwt_algorithm,
+        jwt_secret=_env("FANBANK_JWT_SECRET", DEV_JWT_SECRET),
+        jwt_public_key=_env("FANBANK_JWT_PUBLIC_KEY"),
+        jwt_audience=_env("FANBANK_JWT_AUDIENCE", "fanbank"),
+        jwt_issuer=_env("FANBANK_JWT_ISSUER", "fanbank-dev"),
+        jwt_roles_claim=_env("FANBANK_JWT_ROLES_CLAIM", "roles"),
+        cors_origins=_csv("FANBANK_CORS_ORIGINS", ()),
+        edge_max_body_bytes=_int("FANBANK_EDGE_MAX_BODY_BYTES", 64 * 1024, 1024, 4 * 1024 * 1024),
     )

@@ -2,11 +2,12 @@
 everything cleanly; a second run reuses the data."""
 
 import os
-import select
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -23,26 +24,49 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _read_until(process: subprocess.Popen, marker: str, seconds: int = 240) -> str:
-    seen = ""
-    deadline = time.monotonic() + seconds
-    while marker not in seen:
-        assert time.monotonic() < deadline, f"no {marker!r} in: {seen}"
-        ready, _, _ = select.select([process.stdout], [], [], 1)
-        if ready:
-            line = process.stdout.readline()
-            assert line or process.poll() is None, f"fanbank up exited: {seen}"
-            seen += line
-    return seen
+class _Lines:
+    """Reads the process's output on a thread: select() on a buffered pipe misses lines that arrived
+    together, so a reader blocked in readline() is the reliable way."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen = ""
+        threading.Thread(target=self._pump, args=(process,), daemon=True).start()
+
+    def _pump(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def until(self, marker: str, seconds: int = 240) -> str:
+        deadline = time.monotonic() + seconds
+        while marker not in self.seen:
+            line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+            assert line is not None, f"fanbank up exited: {self.seen}"
+            self.seen += line
+        return self.seen
+
+    def rest(self) -> str:
+        while (line := self.lines.get(timeout=60)) is not None:
+            self.seen += line
+        return self.seen
 
 
 def _run_up(env: dict) -> tuple[str, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "shared.cli", "up"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
+    output = _Lines(process)
     try:
-        started = _read_until(process, "Ctrl-C stops everything")
+        started = output.until("curl")
         assert "wallet" in started and "health: SERVING" in started, started
+        edge_line = next(line for line in started.splitlines() if line.strip().startswith("edge"))
+        assert "health: SERVING" in edge_line, started
         target = f"127.0.0.1:{env['FANBANK_WALLET_PORT']}"
         settings = load_settings()
         method = "/fanbank.wallet.v1.WalletService/GrantPromotion"
@@ -54,13 +78,13 @@ def _run_up(env: dict) -> tuple[str, str]:
                 timeout=10,
             )
         process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=60)
-        assert process.returncode == 0, rest
+        rest = output.rest()
+        assert process.wait(timeout=60) == 0, rest
         assert "stopped" in rest
         return started, rest
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)  # the services and embedded servers too
             process.wait()
 
 

@@ -1,0 +1,373 @@
+"""The edge's ASGI app: one route per `google.api.http` binding, plus health and the OpenAPI
+document. No route is written by hand; a newly annotated RPC appears when its stubs are imported.
+
+Per request: bearer JWT → body (bounded) → protobuf request → backend call signed as the edge, acting
+for the token's user → JSON (or SSE for server-streaming RPCs). Services authorize; the edge only
+authenticates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf.descriptor import FileDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Match, Route
+
+from services.edge import openapi, rules, transcode
+from services.edge.bearer import User, Verifier
+from services.edge.errors import EdgeError, from_rpc_error, internal, status_response
+from services.edge.rules import Binding
+from services.edge.sse import EventStream
+from shared import auth, client, logs
+from shared.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+IDENTITY = "edge"
+# An SSE stream is re-opened by its client after this long, which also moves long-lived streams
+# across replicas.
+STREAM_MAX_SECONDS = 3600
+MAX_STREAMS = 10_000
+KEEPALIVE_SECONDS = 15.0
+# How long a stream's first message may delay the response headers: an early failure then still
+# gets its proper HTTP status instead of a 200 followed by an error event.
+FIRST_EVENT_WAIT_SECONDS = 2.0
+READY_TIMEOUT_SECONDS = 1.0
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_JSON_TYPE = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json")
+
+
+class Gateway:
+    """Channels to the backends (one per address, created inside the running loop) and the state
+    every route shares."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        backends: dict[str, str],
+        keepalive_seconds: float,
+        max_streams: int,
+        stream_max_seconds: float,
+    ):
+        settings.key_for(IDENTITY)  # no key for the edge's identity: refuse to start, not fail each call
+        self.settings = settings
+        self.stream_max_seconds = stream_max_seconds
+        self.backends = backends
+        self.verifier = Verifier(settings)
+        self.keepalive_seconds = keepalive_seconds
+        self.max_streams = max_streams
+        self.streams = 0
+        self.draining = asyncio.Event()
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._callables: dict[tuple[str, str], object] = {}
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        if target not in self._channels:
+            self._channels[target] = client.channel(self.settings, target, identity=IDENTITY)
+        return self._channels[target]
+
+    def _callable(self, binding: Binding):
+        key = (binding.grpc_path, self.backends[binding.service_name])
+        if key not in self._callables:
+            channel = self._channel(key[1])
+            request = transcode.message_class(binding.method.input_type)
+            reply = transcode.message_class(binding.method.output_type)
+            factory = channel.unary_stream if binding.streaming else channel.unary_unary
+            self._callables[key] = factory(
+                binding.grpc_path, request_serializer=request.SerializeToString, response_deserializer=reply.FromString
+            )
+        return self._callables[key]
+
+    async def call(self, binding: Binding, request, user: User):
+        token = auth.acting_user.set((user.id, user.roles))
+        try:
+            return await self._callable(binding)(request)
+        finally:
+            auth.acting_user.reset(token)
+
+    async def open_stream(self, binding: Binding, request, user: User, headers: dict[str, str]) -> EventStream:
+        if self.streams >= self.max_streams:
+            raise EdgeError(grpc.StatusCode.UNAVAILABLE, "TOO_MANY_STREAMS", "this edge holds too many open streams")
+        self.streams += 1  # reserved before any await, so a burst cannot overshoot the bound
+
+        def closed() -> None:
+            self.streams -= 1
+
+        token = auth.acting_user.set((user.id, user.roles))
+        try:
+            # The call's interceptor task copies the context now, so it signs for this user.
+            deadline = time.monotonic() + self.stream_max_seconds
+            call = self._callable(binding)(request, timeout=self.stream_max_seconds)
+        except BaseException:
+            closed()
+            raise
+        finally:
+            auth.acting_user.reset(token)
+        first = asyncio.ensure_future(call.read())
+        try:
+            await asyncio.wait({first}, timeout=FIRST_EVENT_WAIT_SECONDS)
+            if first.done() and first.exception() is not None:
+                raise first.exception()
+        except BaseException:
+            first.cancel()
+            call.cancel()
+            closed()
+            raise
+        return EventStream(
+            call,
+            first,
+            lambda message: transcode.render(binding, message),
+            binding.service_name,
+            self.keepalive_seconds,
+            self.draining,
+            closed,
+            headers,
+            deadline,
+        )
+
+    async def readiness(self) -> dict[str, str]:
+        async def check(service: str, target: str) -> str:
+            stub = health_pb2_grpc.HealthStub(self._channel(target))
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=READY_TIMEOUT_SECONDS)
+            except grpc.aio.AioRpcError as error:
+                return error.code().name
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+        services = sorted(self.backends)
+        statuses = await asyncio.gather(*(check(s, self.backends[s]) for s in services))
+        return dict(zip(services, statuses, strict=True))
+
+    async def close(self) -> None:
+        channels, self._channels, self._callables = list(self._channels.values()), {}, {}
+        for channel in channels:
+            await channel.close()
+
+
+def _raw_path(scope) -> str:
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else scope["path"]
+
+
+class RpcRoute(BaseRoute):
+    """Matches a binding's template against the raw (still percent-encoded) path, so an escaped
+    '/' inside an id stays part of that id."""
+
+    def __init__(self, binding: Binding, gateway: Gateway, every: list[Binding]):
+        self.binding = binding
+        self.gateway = gateway
+        self.every = every
+
+    def matches(self, scope) -> tuple[Match, dict]:
+        if scope["type"] != "http":
+            return Match.NONE, {}
+        found = self.binding.template.regex.match(_raw_path(scope))
+        if found is None:
+            return Match.NONE, {}
+        child = {"path_params": found.groupdict()}
+        return (Match.FULL if scope["method"] == self.binding.http_method else Match.PARTIAL), child
+
+    def url_path_for(self, name: str, /, **path_params):
+        raise NotImplementedError("RPC routes are not named")
+
+    def _allowed(self, path: str) -> str:
+        return ", ".join(sorted({b.http_method for b in self.every if b.template.regex.match(path)}))
+
+    async def handle(self, scope, receive, send) -> None:
+        request = Request(scope, receive)
+        rid = request.headers.get("x-request-id", "")
+        if not _REQUEST_ID.fullmatch(rid):
+            rid = uuid.uuid4().hex
+        logs.request_id.set(rid)
+        started = time.perf_counter()
+        user = None
+        try:
+            if scope["method"] != self.binding.http_method:
+                raise EdgeError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    "METHOD_NOT_ALLOWED",
+                    f"{scope['method']} is not allowed here",
+                    http_status=405,
+                    headers={"Allow": self._allowed(_raw_path(scope))},
+                )
+            user = self.gateway.verifier.verify(request.headers.get("authorization"))
+            body = await _body(request, self.gateway.settings.edge_max_body_bytes) if self.binding.body else None
+            message = transcode.build_request(
+                self.binding, scope["path_params"], request.query_params.multi_items(), body
+            )
+            if self.binding.streaming:
+                response = await self.gateway.open_stream(self.binding, message, user, {"x-request-id": rid})
+            else:
+                reply = await self.gateway.call(self.binding, message, user)
+                response = JSONResponse(transcode.render(self.binding, reply))
+        except EdgeError as error:
+            response = error.response()
+        except grpc.aio.AioRpcError as error:
+            response = status_response(from_rpc_error(error, self.binding.service_name))
+        except Exception:
+            log.exception("edge request failed", extra={"route": self.binding.template.text})
+            response = internal().response()
+        if not isinstance(response, EventStream):
+            response.headers["x-request-id"] = rid
+        await response(scope, receive, send)
+        _access_log(self.binding, scope, getattr(response, "status_code", 200), started, user)
+
+
+def _access_log(binding: Binding, scope, status: int, started: float, user: User | None) -> None:
+    level = logging.DEBUG if status < 400 else logging.ERROR if status >= 500 and status != 503 else logging.INFO
+    if log.isEnabledFor(level):
+        log.log(
+            level,
+            "http",
+            extra={
+                "method": scope["method"],
+                "route": binding.template.text,
+                "rpc": binding.grpc_path,
+                "status": status,
+                "ms": round((time.perf_counter() - started) * 1000, 3),
+                "user": user.id if user else None,
+            },
+        )
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body and not _JSON_TYPE.fullmatch(media_type):
+        raise EdgeError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "send the body as application/json",
+            http_status=415,
+        )
+    return body
+
+
+def _too_large(limit: int) -> EdgeError:
+    return EdgeError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "BODY_TOO_LARGE",
+        f"the request body exceeds {limit} bytes",
+        http_status=413,
+        limit=str(limit),
+    )
+
+
+def default_backends(settings: Settings, bindings: Iterable[Binding]) -> dict[str, str]:
+    """Service full name → address, from the package: `fanbank.<svc>.v1` is served by <svc>."""
+    backends = {}
+    for binding in bindings:
+        backend = rules.backend_of(binding.service_name)
+        if backend not in settings.addresses:
+            raise ConfigError(f"{binding.service_name} has HTTP routes but no address (FANBANK_{backend.upper()}_ADDR)")
+        backends[binding.service_name] = settings.addresses[backend]
+    return backends
+
+
+def build_app(
+    settings: Settings,
+    files: list[FileDescriptor] | None = None,
+    backends: dict[str, str] | None = None,
+    *,
+    keepalive_seconds: float = KEEPALIVE_SECONDS,
+    max_streams: int = MAX_STREAMS,
+    stream_max_seconds: float = STREAM_MAX_SECONDS,
+) -> Starlette:
+    """The edge for `files` (default: every compiled Fanbank proto), each service's calls going to
+    `backends[service full name]` (default: the configured address of the service's package)."""
+    bound = rules.bindings(rules.discover_files() if files is None else files)
+    backends = default_backends(settings, bound) if backends is None else backends
+    missing = {b.service_name for b in bound} - set(backends)
+    if missing:
+        raise ConfigError(f"no backend address for {', '.join(sorted(missing))}")
+    gateway = Gateway(settings, backends, keepalive_seconds, max_streams, stream_max_seconds)
+    if gateway.verifier.using_dev_secret:
+        log.warning("using the built-in development JWT secret (set FANBANK_JWT_SECRET in production)")
+    document = openapi.document(bound)
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "SERVING"})
+
+    async def readyz(_request: Request) -> Response:
+        backends_status = await gateway.readiness()
+        serving = not gateway.draining.is_set() and all(s == "SERVING" for s in backends_status.values())
+        body = {"status": "SERVING" if serving else "NOT_SERVING", "backends": backends_status}
+        return JSONResponse(body, 200 if serving else 503)
+
+    async def openapi_json(_request: Request) -> Response:
+        return JSONResponse(document)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        *(RpcRoute(b, gateway, bound) for b in bound),
+    ]
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=sorted({b.http_method for b in bound} | {"GET"}),
+                allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Last-Event-ID"],
+                expose_headers=["X-Request-ID", "WWW-Authenticate"],
+                max_age=600,
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={HTTPException: _http_exception, Exception: _unhandled},
+        lifespan=lifespan,
+    )
+    app.router.redirect_slashes = False
+    app.state.gateway = gateway
+    app.state.bindings = bound
+    return app
+
+
+async def _http_exception(_request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 404:
+        return EdgeError(grpc.StatusCode.NOT_FOUND, "ROUTE_NOT_FOUND", "no route matches this path").response()
+    if exc.status_code == 405:
+        error = EdgeError(
+            grpc.StatusCode.UNIMPLEMENTED, "METHOD_NOT_ALLOWED", "method not allowed here", http_status=405
+        )
+        return error.response()
+    log.error("unexpected HTTP exception", extra={"status": exc.status_code})
+    return internal().response()
+
+
+async def _unhandled(_request: Request, _exc: Exception) -> Response:
+    return internal().response()
