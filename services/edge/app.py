@@ -25,7 +25,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Match, Route
+from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 
 from services.edge import openapi, rules, transcode
 from services.edge.bearer import User, Verifier
@@ -182,7 +182,8 @@ class RpcRoute(BaseRoute):
         return (Match.FULL if scope["method"] == self.binding.http_method else Match.PARTIAL), child
 
     def url_path_for(self, name: str, /, **path_params):
-        raise NotImplementedError("RPC routes are not named")
+        # RPC routes have no names; answering "no match" lets the router try its named routes.
+        raise NoMatchFound(name, path_params)
 
     def _allowed(self, path: str) -> str:
         return ", ".join(sorted({b.http_method for b in self.every if b.template.regex.match(path)}))
