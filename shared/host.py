@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 # Which class implements each service. A service appears here once it exists.
 SERVICE_CLASSES = {
     "wallet": "services.wallet.server:Wallet",
+    "billing": "services.billing.server:Billing",
 }
 
 

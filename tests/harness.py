@@ -14,6 +14,7 @@ from shared import auth, client
 from shared.config import Settings, load_settings
 from shared.db import make_engine, migrate
 from shared.errors import error_info
+from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
 from shared.host import host
 
@@ -48,6 +49,7 @@ class Caller:
     def __init__(self, settings: Settings, target: str, identity: str = "platform"):
         self.channel = client.channel(settings, target, identity=identity)
         self.wallet = wallet_grpc.WalletServiceStub(self.channel)
+        self.billing = billing_grpc.BillingServiceStub(self.channel)
 
     async def close(self):
         await self.channel.close()

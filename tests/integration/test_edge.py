@@ -57,7 +57,19 @@ WALLET_ROUTES = {
     ("POST", "/v1/admin/promotions"),
 }
 # Every HTTP route, by service: an RPC appears on HTTP only when its annotation is pinned here too.
-PINNED_ROUTES = {"fanbank.wallet.v1.WalletService": WALLET_ROUTES}
+BILLING_ROUTES = {
+    ("PUT", "/v1/creators/{creator_id}/call-settings"),
+    ("GET", "/v1/creators/{creator_id}/call-settings"),
+    ("POST", "/v1/calls"),
+    ("POST", "/v1/calls/{call_id}:pause"),
+    ("POST", "/v1/calls/{call_id}:resume"),
+    ("POST", "/v1/calls/{call_id}:end"),
+    ("GET", "/v1/calls/{call_id}"),
+    ("GET", "/v1/calls"),
+    ("GET", "/v1/creators/{creator_id}/call-stats"),
+    ("GET", "/v1/calls/{call_id}:watch"),
+}
+PINNED_ROUTES = {"fanbank.wallet.v1.WalletService": WALLET_ROUTES, "fanbank.billing.v1.BillingService": BILLING_ROUTES}
 THING_ROUTES = {
     ("GET", "/v1/{name=owners/*/things/*}"),
     ("GET", "/v1/things/{name}"),
@@ -120,8 +132,8 @@ class Edge:
 
 
 @pytest.fixture(scope="module")
-async def wallet(database_url):
-    settings = settings_for(database_url, shutdown_grace_seconds=1, cors_origins=(ORIGIN,))
+async def wallet(database_url, redis_url):
+    settings = settings_for(database_url, redis_url, shutdown_grace_seconds=1, cors_origins=(ORIGIN,))
     engine = await migrated_engine(settings)
     async with running("wallet", settings, engine) as (target, service):
         settings = dataclasses.replace(settings, addresses={**settings.addresses, "wallet": target})
@@ -177,6 +189,7 @@ def test_wallet_internal_rpcs_are_not_on_http():
 # One call per route that must succeed: (user, roles, url, JSON body). A route without one fails
 # the test below, so a newly annotated RPC cannot go uncalled.
 SAMPLE_OWNER = "fan-sample"
+SAMPLE_CREATOR = "creator-sample"
 SAMPLES = {
     ("GET", "/v1/owners/{owner_id}/balance"): (
         SAMPLE_OWNER,
@@ -214,6 +227,59 @@ SAMPLES = {
         "/v1/admin/promotions",
         {"request_id": "sample-promotion", "owner_id": SAMPLE_OWNER, "amount": 3, "campaign_id": "spring"},
     ),
+    ("PUT", "/v1/creators/{creator_id}/call-settings"): (
+        SAMPLE_CREATOR,
+        ("creator",),
+        f"/v1/creators/{SAMPLE_CREATOR}/call-settings",
+        {"rateTokensPerMinute": "100", "available": True},
+    ),
+    ("GET", "/v1/creators/{creator_id}/call-settings"): (
+        SAMPLE_CREATOR,
+        ("creator",),
+        f"/v1/creators/{SAMPLE_CREATOR}/call-settings",
+        None,
+    ),
+    ("GET", "/v1/calls"): (SAMPLE_OWNER, (), f"/v1/calls?fanId={SAMPLE_OWNER}", None),
+    ("GET", "/v1/creators/{creator_id}/call-stats"): (
+        SAMPLE_CREATOR,
+        ("creator",),
+        f"/v1/creators/{SAMPLE_CREATOR}/call-stats",
+        None,
+    ),
+}
+# Routes whose sample reaches the backend and gets its typed refusal: proof of method, path and
+# transcoding without setting up a funded call (the Billing tests cover the flows themselves).
+REFUSED_SAMPLES = {
+    ("POST", "/v1/calls"): (
+        SAMPLE_OWNER,
+        (),
+        "/v1/calls",
+        {
+            "requestId": "sample-call",
+            "fanId": SAMPLE_OWNER,
+            "creatorId": "nobody-takes-calls",
+            "rateTokensPerMinute": "100",
+        },
+        (404, "CALL_SETTINGS_NOT_FOUND"),
+    ),
+    **{
+        ("POST", f"/v1/calls/{{call_id}}:{verb}"): (
+            SAMPLE_OWNER,
+            (),
+            f"/v1/calls/no-such-call:{verb}",
+            {"requestId": f"sample-{verb}"},
+            (404, "CALL_NOT_FOUND"),
+        )  # fmt: skip
+        for verb in ("pause", "resume", "end")
+    },
+    ("GET", "/v1/calls/{call_id}"): (SAMPLE_OWNER, (), "/v1/calls/no-such-call", None, (404, "CALL_NOT_FOUND")),
+    ("GET", "/v1/calls/{call_id}:watch"): (
+        SAMPLE_OWNER,
+        (),
+        "/v1/calls/no-such-call:watch",
+        None,
+        (404, "CALL_NOT_FOUND"),
+    ),  # fmt: skip
 }
 
 
@@ -221,7 +287,7 @@ async def test_every_annotated_rpc_answers_over_http(wallet):
     """Through an edge built by discovery (as in production), every backend it routes to running."""
     settings, _, engine = wallet
     bound = rules.bindings(rules.discover_files())
-    unsampled = [b.key for b in bound if b.key not in SAMPLES]
+    unsampled = [b.key for b in bound if b.key not in SAMPLES and b.key not in REFUSED_SAMPLES]
     assert not unsampled, f"add a sample call to SAMPLES for {unsampled}"
     async with contextlib.AsyncExitStack() as stack:
         addresses = dict(settings.addresses)
@@ -229,7 +295,14 @@ async def test_every_annotated_rpc_answers_over_http(wallet):
             addresses[name], _ = await stack.enter_async_context(running(name, settings, engine))
         full = dataclasses.replace(settings, addresses=addresses)
         http, _ = await stack.enter_async_context(serving(full, build_app(full)))
-        for binding in bound:
+        # Writes first, so reads (a creator's call settings) find what the samples set up.
+        for binding in sorted(bound, key=lambda b: b.http_method == "GET"):
+            if binding.key in REFUSED_SAMPLES:
+                user, roles, url, body, (status, reason) = REFUSED_SAMPLES[binding.key]
+                headers = {"Authorization": f"Bearer {mint(full, user, roles)}"}
+                response = await http.request(binding.http_method, url, headers=headers, json=body)
+                assert (response.status_code, error_of(response)[1]) == (status, reason), (binding.key, response.text)
+                continue
             user, roles, url, body = SAMPLES[binding.key]
             headers = {"Authorization": f"Bearer {mint(full, user, roles)}"}
             if binding.streaming:

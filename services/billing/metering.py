@@ -1,0 +1,546 @@
+"""The metering engine: charges due call blocks through Wallet (DESIGN.md "Metering").
+
+Every block charge follows the intent pattern: (1) one transaction claims due calls with
+`FOR UPDATE SKIP LOCKED`, writes a PENDING intent per block and marks each call as charging, so a
+replica never picks a call another replica is charging; (2) one `Wallet.BatchTransfer` per ≤ 500
+blocks, independent items, each block one group (creator leg + fee leg) whose group id is the
+block's derived id `call:<call_id>:block:<n>`, so a retry or a re-drive can never charge twice;
+(3) one transaction settles the intents that are still PENDING (a settle that lost the race to the
+sweeper changes nothing), advances the calls and appends their events to the outbox.
+
+What is owed: a block is charged only if, at its nominal start, the call was active, not paused,
+and had a heartbeat within the grace. The grace counts from the later of the last heartbeat and
+Billing's resumption after an outage (`meter_state.resumed_at`); blocks whose nominal start fell in
+the outage are forgiven (skipped, counted in blocks_forgiven). A late tick charges a block under
+its nominal id, one block per call per round, rounds repeating until nothing is due.
+
+Low balance: after a block is charged, the fan's spendable balance is read with Wallet.GetBalance
+(one read per charged block, concurrently, bounded); below `warning_blocks` blocks the fan is warned
+once, and the next block's refusal ends the call with INSUFFICIENT_FUNDS at that block's start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared import auth
+from shared.clock import NOW_SQL
+from shared.errors import error_info
+from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
+from shared.outbox import Event, append
+from shared.presets import fee_amount
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "billing"
+MAX_GROUPS_PER_RPC = 500  # two legs each: within Wallet's 1,000 items per batch
+CHUNK = 2_000  # calls claimed per round
+MAX_ROUNDS = 10_000
+WALLET_DEADLINE_S = 10.0
+BALANCE_READS_IN_FLIGHT = 64
+# A process starting after every replica was silent this long records an outage.
+OUTAGE_AFTER = dt.timedelta(seconds=10)
+# A PENDING intent older than this is re-driven by the sweeper.
+SWEEP_AFTER = dt.timedelta(seconds=60)
+# Real seconds between ticks of the background loop; None disables it (tests tick by hand).
+LOOP_INTERVAL_S: float | None = 1.0
+
+_CALL_FIELDS = (
+    "call_id fan_id creator_id status tokens_per_block block_seconds fee_bps grace_seconds "
+    "max_pause_seconds warning_blocks media_node next_block_no next_block_at paused_at "
+    "last_heartbeat_at segment_started_at low_balance_warned"
+).split()
+_CALL_COLUMNS = ", ".join(_CALL_FIELDS)
+_CALL_COLUMNS_C = ", ".join("call_id" if f == "call_id" else f"c.{f}" for f in _CALL_FIELDS)
+
+
+def block_id(call_id: str, block_no: int) -> str:
+    return f"call:{call_id}:block:{block_no}"
+
+
+def ts(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def call_events(row, event_type: int, at: dt.datetime, **fields) -> list[Event]:
+    """One CallEvent to each of the call's channels."""
+    event = pb.CallEvent(
+        type=event_type,
+        call_id=row.call_id,
+        fan_id=row.fan_id,
+        creator_id=row.creator_id,
+        media_node=row.media_node,
+        event_time=ts(at),
+        **fields,
+    )
+    payload = event.SerializeToString()
+    name = pb.CallEventType.Name(event_type).removeprefix("CALL_EVENT_TYPE_")
+    channels = [f"call:{row.call_id}", f"creator:{row.creator_id}"]
+    if row.media_node:
+        channels.append(f"node:{row.media_node}")
+    return [Event(channel, name, payload) for channel in channels]
+
+
+def active_ms_until(row, until: dt.datetime) -> int:
+    if row.status not in ("ACTIVE", "STARTING") or row.segment_started_at is None:
+        return 0
+    return max(0, int((until - row.segment_started_at).total_seconds() * 1000))
+
+
+END_SQL = text(
+    """
+    UPDATE billing.calls SET status = :status, end_reason = :reason, ended_at = :ended_at,
+        active_ms = active_ms + :extra_ms, next_block_at = NULL, deadline_at = NULL,
+        charging_block_no = NULL, paused_at = NULL
+    WHERE call_id = :call_id
+    """
+)
+
+
+def end_params(row, status: str, reason: str, ended_at: dt.datetime) -> dict:
+    return {
+        "call_id": row.call_id,
+        "status": status,
+        "reason": reason,
+        "ended_at": ended_at,
+        "extra_ms": active_ms_until(row, ended_at),
+    }
+
+
+_SETTLE_SQL = {
+    "intent": text(
+        f"UPDATE billing.charge_intents SET status = :status, failure_reason = :reason, "
+        f"settled_at = {NOW_SQL} WHERE call_id = :call_id AND block_no = :block_no"
+    ),
+    "end": END_SQL,
+    "release": text("UPDATE billing.calls SET charging_block_no = NULL WHERE call_id = :call_id"),
+    "charged": text(
+        """
+        UPDATE billing.calls SET status = :status, next_block_no = :block_no + 1,
+            next_block_at = :next_block_at, deadline_at = :deadline, charging_block_no = NULL,
+            carry_ms = COALESCE(CAST(:carry AS bigint), carry_ms),
+            blocks_charged = blocks_charged + 1, tokens_charged = tokens_charged + :tokens,
+            fee_tokens = fee_tokens + :fee, low_balance_warned = low_balance_warned OR :warn
+        WHERE call_id = :call_id
+        """
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    call_id: str
+    fan_id: str
+    creator_id: str
+    block_no: int
+    tokens: int
+    fee: int
+    fee_bps: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    charge: Charge
+    charged: bool
+    reason: str  # Wallet's ErrorInfo reason when not charged
+    spendable_after: int | None = None
+
+
+def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
+    group = block_id(charge.call_id, charge.block_no)
+    fan = wpb.AccountRef(owner_id=charge.fan_id, code=wpb.ACCOUNT_CODE_USER_WALLET, asset=wpb.ASSET_TOKEN)
+    common = {
+        "code": wpb.TRANSFER_CODE_CALL_BLOCK,
+        "context_type": "call",
+        "context_id": charge.call_id,
+        "counterparty_id": charge.creator_id,
+        "fee_bps": charge.fee_bps,
+        "group_id": group,
+    }
+    specs = []
+    if charge.tokens > charge.fee:
+        creator = wpb.AccountRef(
+            owner_id=charge.creator_id, code=wpb.ACCOUNT_CODE_CREATOR_EARNINGS, asset=wpb.ASSET_TOKEN
+        )
+        specs.append(
+            wpb.TransferSpec(
+                transfer_id=f"{group}:creator", debit=fan, credit=creator, amount=charge.tokens - charge.fee, **common
+            )
+        )
+    if charge.fee > 0:
+        platform = wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PLATFORM_REVENUE, asset=wpb.ASSET_TOKEN)
+        specs.append(
+            wpb.TransferSpec(transfer_id=f"{group}:fee", debit=fan, credit=platform, amount=charge.fee, **common)
+        )
+    return specs
+
+
+class Metering:
+    def __init__(self, engine: AsyncEngine, wallet, notify: Callable[[], None] = lambda: None):
+        self.engine = engine
+        self.wallet = wallet  # a WalletServiceStub signed as "billing"
+        self.notify = notify
+        self.charged = 0
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def ensure_started(self) -> None:
+        async with self._start_lock:
+            if not self._started:
+                await self.mark_started()
+                self._started = True
+
+    # ---- Wallet ---------------------------------------------------------------------------------
+
+    async def _as_billing(self, coro_fn):
+        # Billing pays as itself, never as the user whose request it is serving.
+        token = auth.acting_user.set(None)
+        try:
+            return await coro_fn()
+        finally:
+            auth.acting_user.reset(token)
+
+    async def spendable(self, fan_id: str) -> int:
+        request = wpb.GetBalanceRequest(owner_id=fan_id, asset=wpb.ASSET_TOKEN)
+        response = await self._as_billing(lambda: self.wallet.GetBalance(request, timeout=WALLET_DEADLINE_S))
+        return response.spendable_available
+
+    async def pay(self, charges: Sequence[Charge], read_balances: bool = True) -> list[Outcome]:
+        """Charges the blocks through Wallet; raises if Wallet could not be reached (intents stay
+        PENDING for the sweeper)."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(charges), MAX_GROUPS_PER_RPC):
+            part = charges[start : start + MAX_GROUPS_PER_RPC]
+            request = wpb.BatchTransferRequest(mode=wpb.BATCH_MODE_INDEPENDENT)
+            for charge in part:
+                request.transfers.extend(transfer_specs(charge))
+            response = await self._as_billing(
+                lambda request=request: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S)
+            )
+            by_id = {result.transfer_id: result for result in response.results}
+            for charge in part:
+                errors = [
+                    by_id[spec.transfer_id].error
+                    for spec in transfer_specs(charge)
+                    if by_id[spec.transfer_id].HasField("error")
+                ]
+                if errors:
+                    info = error_info(errors[0])
+                    outcomes.append(Outcome(charge, False, info.reason if info else "UNKNOWN"))
+                else:
+                    outcomes.append(Outcome(charge, True, ""))
+        if read_balances:
+            outcomes = await self._with_balances(outcomes)
+        return outcomes
+
+    async def _with_balances(self, outcomes: list[Outcome]) -> list[Outcome]:
+        gate = asyncio.Semaphore(BALANCE_READS_IN_FLIGHT)
+
+        async def read(outcome: Outcome) -> Outcome:
+            if not outcome.charged:
+                return outcome
+            async with gate:
+                try:
+                    left = await self.spendable(outcome.charge.fan_id)
+                except grpc.aio.AioRpcError:
+                    log.warning("balance read failed; no low-balance check this block", exc_info=True)
+                    return outcome
+            return Outcome(outcome.charge, True, "", left)
+
+        return list(await asyncio.gather(*(read(o) for o in outcomes)))
+
+    # ---- settling -------------------------------------------------------------------------------
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> list:
+        """Applies outcomes whose intent is still PENDING; answers the affected calls' new rows."""
+        if not outcomes:
+            return []
+        async with self.engine.begin() as conn:
+            now = await conn.scalar(text(f"SELECT {NOW_SQL}"))
+            keys = sorted({(o.charge.call_id, o.charge.block_no) for o in outcomes})
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT {_CALL_COLUMNS_C}, i.block_no, i.block_at FROM billing.calls c "
+                        "JOIN billing.charge_intents i USING (call_id) "
+                        "WHERE (i.call_id, i.block_no) IN (SELECT * FROM unnest(CAST(:ids AS text[]), "
+                        "CAST(:nos AS bigint[]))) AND i.status = 'PENDING' "
+                        "ORDER BY c.call_id FOR UPDATE OF c, i"
+                    ),
+                    {"ids": [k[0] for k in keys], "nos": [k[1] for k in keys]},
+                )
+            ).all()
+            pending = {(r.call_id, r.block_no): r for r in rows}
+            events: list[Event] = []
+            batches: dict[str, list[dict]] = {name: [] for name in _SETTLE_SQL}
+            for outcome in outcomes:
+                row = pending.pop((outcome.charge.call_id, outcome.charge.block_no), None)
+                if row is None:
+                    continue  # settled already (sweeper or another replica)
+                events += self._settle_one(row, outcome, now, batches)
+            # One executemany per kind of write (psycopg pipelines them), in a fixed order.
+            for name, params in batches.items():
+                if params:
+                    await conn.execute(_SETTLE_SQL[name], params)
+            await append(conn, SCHEMA, events)
+        self.notify()
+        return rows
+
+    def _settle_one(self, row, outcome: Outcome, now: dt.datetime, batches: dict[str, list[dict]]) -> list[Event]:
+        """Adds this outcome's writes to `batches` (executed set-wise by settle); answers its events."""
+        charge = outcome.charge
+        batches["intent"].append(
+            {
+                "status": "CHARGED" if outcome.charged else "FAILED",
+                "reason": outcome.reason or None,
+                "call_id": charge.call_id,
+                "block_no": charge.block_no,
+            }
+        )
+        if not outcome.charged:
+            if row.status == "STARTING":
+                batches["end"].append(end_params(row, "FAILED", "START_FAILED", now))
+                return []
+            if row.status in ("ENDED", "FAILED"):
+                batches["release"].append({"call_id": row.call_id})
+                return []
+            reason = "INSUFFICIENT_FUNDS" if outcome.reason == "INSUFFICIENT_FUNDS" else "CHARGE_FAILED"
+            if reason == "CHARGE_FAILED":
+                log.error("wallet refused a call block", extra={"call_id": row.call_id, "reason": outcome.reason})
+            ended_at = min(row.block_at, now)
+            batches["end"].append(end_params(row, "ENDED", reason, ended_at))
+            return call_events(
+                row, pb.CALL_EVENT_TYPE_ENDED, ended_at, end_reason=pb.EndReason.Value(f"END_REASON_{reason}")
+            )
+        self.charged += 1
+        next_at = row.block_at + dt.timedelta(seconds=row.block_seconds)
+        warn = (
+            outcome.spendable_after is not None
+            and not row.low_balance_warned
+            and row.warning_blocks > 0
+            and outcome.spendable_after < row.tokens_per_block * row.warning_blocks
+        )
+        events: list[Event] = []
+        carry = None  # unchanged
+        if row.status == "STARTING":
+            events += call_events(row, pb.CALL_EVENT_TYPE_STARTED, row.block_at)
+        if row.status in ("ACTIVE", "STARTING"):
+            lease_end = row.last_heartbeat_at + dt.timedelta(seconds=row.grace_seconds)
+            next_block_at, deadline = next_at, min(next_at, lease_end)
+        elif row.status == "PAUSED":
+            # Paused while this block was in flight: its unused part waits for the resume.
+            next_block_at, deadline = None, row.paused_at + dt.timedelta(seconds=row.max_pause_seconds)
+            carry = max(0, int((next_at - row.paused_at).total_seconds() * 1000))
+        else:  # ended meanwhile: the block began before the end and stays paid
+            next_block_at, deadline = None, None
+        batches["charged"].append(
+            {
+                "status": "ACTIVE" if row.status == "STARTING" else row.status,
+                "block_no": charge.block_no,
+                "next_block_at": next_block_at,
+                "deadline": deadline,
+                "carry": carry,
+                "tokens": charge.tokens,
+                "fee": charge.fee,
+                "warn": warn,
+                "call_id": row.call_id,
+            }
+        )
+        events += call_events(
+            row, pb.CALL_EVENT_TYPE_BLOCK_CHARGED, row.block_at, block_no=charge.block_no, tokens=charge.tokens
+        )
+        if warn:
+            events += call_events(row, pb.CALL_EVENT_TYPE_LOW_BALANCE_WARNING, now, tokens=outcome.spendable_after)
+        return events
+
+    # ---- liveness -------------------------------------------------------------------------------
+
+    async def mark_started(self) -> None:
+        """Records this process's start; after a silence of every replica, records the outage."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f"""
+                    UPDATE billing.meter_state SET
+                        outage_from = CASE WHEN last_alive_at < {NOW_SQL} - CAST(:gap AS interval)
+                                           THEN last_alive_at ELSE outage_from END,
+                        resumed_at = CASE WHEN last_alive_at < {NOW_SQL} - CAST(:gap AS interval)
+                                          THEN {NOW_SQL} ELSE resumed_at END,
+                        last_alive_at = {NOW_SQL}
+                    """
+                ),
+                {"gap": OUTAGE_AFTER},
+            )
+
+    async def _alive(self) -> tuple[dt.datetime, dt.datetime | None, dt.datetime | None]:
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        f"UPDATE billing.meter_state SET last_alive_at = {NOW_SQL} "
+                        f"RETURNING {NOW_SQL} AS now, outage_from, resumed_at"
+                    )
+                )
+            ).one()
+        return row.now, row.outage_from, row.resumed_at
+
+    # ---- the tick -------------------------------------------------------------------------------
+
+    async def tick(self) -> int:
+        """Charges every due block and ends the calls that must end; answers blocks charged."""
+        await self.ensure_started()
+        before = self.charged
+        for _ in range(MAX_ROUNDS):
+            if not await self._round():
+                break
+        return self.charged - before
+
+    async def _round(self) -> int:
+        now, outage_from, resumed_at = await self._alive()
+        charges: list[Charge] = []
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT {_CALL_COLUMNS} FROM billing.calls "
+                        "WHERE status IN ('ACTIVE', 'PAUSED') AND charging_block_no IS NULL "
+                        "AND deadline_at <= :now ORDER BY deadline_at LIMIT :chunk FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"now": now, "chunk": CHUNK},
+                )
+            ).all()
+            if not rows:
+                return 0
+            events: list[Event] = []
+            intents, claims, ends, moves = [], [], [], []
+            for row in rows:
+                if row.status == "PAUSED":
+                    ended_at = row.paused_at + dt.timedelta(seconds=row.max_pause_seconds)
+                    ends.append(end_params(row, "ENDED", "PAUSE_TOO_LONG", ended_at))
+                    events += call_events(
+                        row, pb.CALL_EVENT_TYPE_ENDED, ended_at, end_reason=pb.END_REASON_PAUSE_TOO_LONG
+                    )
+                    continue
+                block = dt.timedelta(seconds=row.block_seconds)
+                block_no, block_at = row.next_block_no, row.next_block_at
+                if outage_from is not None and resumed_at is not None and outage_from <= block_at < resumed_at:
+                    skipped = -(-(resumed_at - block_at) // block)
+                    block_no, block_at = block_no + skipped, block_at + skipped * block
+                alive_from = max(row.last_heartbeat_at, resumed_at) if resumed_at else row.last_heartbeat_at
+                alive_until = alive_from + dt.timedelta(seconds=row.grace_seconds)
+                if block_at <= now and block_at <= alive_until:
+                    fee = fee_amount(row.tokens_per_block, row.fee_bps)
+                    charges.append(
+                        Charge(
+                            row.call_id, row.fan_id, row.creator_id, block_no, row.tokens_per_block, fee, row.fee_bps
+                        )
+                    )
+                    intents.append(
+                        {
+                            "call_id": row.call_id,
+                            "block_no": block_no,
+                            "block_at": block_at,
+                            "tokens": row.tokens_per_block,
+                            "fee": fee,
+                        }
+                    )
+                    claims.append(
+                        {
+                            "call_id": row.call_id,
+                            "block_no": block_no,
+                            "block_at": block_at,
+                            "forgiven": block_no - row.next_block_no,
+                        }
+                    )
+                elif alive_until < now:
+                    ends.append(end_params(row, "ENDED", "HEARTBEAT_LOST", alive_until))
+                    events += call_events(
+                        row, pb.CALL_EVENT_TYPE_ENDED, alive_until, end_reason=pb.END_REASON_HEARTBEAT_LOST
+                    )
+                else:
+                    moves.append(
+                        {
+                            "call_id": row.call_id,
+                            "block_no": block_no,
+                            "block_at": block_at,
+                            "forgiven": block_no - row.next_block_no,
+                            "deadline": min(block_at, alive_until),
+                        }
+                    )
+            if intents:
+                await conn.execute(
+                    text(
+                        "INSERT INTO billing.charge_intents (call_id, block_no, block_at, tokens, fee_tokens, status) "
+                        "VALUES (:call_id, :block_no, :block_at, :tokens, :fee, 'PENDING')"
+                    ),
+                    intents,
+                )
+                await conn.execute(
+                    text(
+                        "UPDATE billing.calls SET charging_block_no = :block_no, next_block_no = :block_no, "
+                        "next_block_at = :block_at, blocks_forgiven = blocks_forgiven + :forgiven "
+                        "WHERE call_id = :call_id"
+                    ),
+                    claims,
+                )
+            if moves:
+                await conn.execute(
+                    text(
+                        "UPDATE billing.calls SET next_block_no = :block_no, next_block_at = :block_at, "
+                        "deadline_at = :deadline, blocks_forgiven = blocks_forgiven + :forgiven "
+                        "WHERE call_id = :call_id"
+                    ),
+                    moves,
+                )
+            if ends:
+                await conn.execute(END_SQL, ends)
+            await append(conn, SCHEMA, events)
+        if events:
+            self.notify()
+        if charges:
+            try:
+                outcomes = await self.pay(charges)
+            except grpc.aio.AioRpcError:
+                log.warning("wallet unreachable; the sweeper will re-drive these blocks", exc_info=True)
+                return len(rows)
+            await self.settle(outcomes)
+        return len(rows)
+
+    # ---- the sweeper ----------------------------------------------------------------------------
+
+    async def sweep(self, older_than: dt.timedelta = SWEEP_AFTER, limit: int = CHUNK) -> int:
+        """Re-drives intents left PENDING (a crash between Wallet and the settle): same derived ids,
+        so Wallet answers the original result. Answers the intents settled now."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT i.call_id, i.block_no, i.tokens, i.fee_tokens, c.fan_id, c.creator_id, c.fee_bps "
+                        "FROM billing.charge_intents i JOIN billing.calls c USING (call_id) "
+                        f"WHERE i.status = 'PENDING' AND i.created_at <= {NOW_SQL} - CAST(:age AS interval) "
+                        "ORDER BY i.created_at LIMIT :limit"
+                    ),
+                    {"age": older_than, "limit": limit},
+                )
+            ).all()
+        charges = [
+            Charge(r.call_id, r.fan_id, r.creator_id, r.block_no, r.tokens, r.fee_tokens, r.fee_bps) for r in rows
+        ]
+        if not charges:
+            return 0
+        settled = await self.settle(await self.pay(charges))
+        return len(settled)

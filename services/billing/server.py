@@ -1,0 +1,599 @@
+"""BillingService: pay-per-minute calls (DESIGN.md "Metering"). Who may do what:
+
+- a fan starts their own calls; a creator sets their own call settings and reads their own stats;
+- a call's fan or creator pauses, resumes, ends, reads and watches it; anyone else gets
+  PERMISSION_DENIED (admins and internal services may act on any call);
+- Heartbeat and WatchNodeCalls are for internal services (the media server) only; an EndCall by an
+  internal service is the media server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import logging
+import re
+import uuid
+
+import grpc
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.billing import metering
+from services.billing.metering import END_SQL, Charge, Metering, call_events, end_params, ts
+from shared import auth, client
+from shared.auth import Principal
+from shared.clock import NOW_SQL
+from shared.config import Settings
+from shared.errors import DomainError, denied, invalid, not_found, precondition
+from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
+from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
+from shared.outbox import Event, Relay, append, replay_loader
+from shared.presets import Preset, fee_amount, load_preset
+from shared.server import Registration
+from shared.watch import Hub
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BillingService"].full_name
+SCHEMA = metering.SCHEMA
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+_STATUS = {
+    "STARTING": pb.CALL_STATUS_ACTIVE,
+    "ACTIVE": pb.CALL_STATUS_ACTIVE,
+    "PAUSED": pb.CALL_STATUS_PAUSED,
+    "ENDED": pb.CALL_STATUS_ENDED,
+    "FAILED": pb.CALL_STATUS_FAILED,
+}
+
+
+def _principal() -> Principal:
+    return auth.current_principal.get()
+
+
+def _scope(principal: Principal) -> str:
+    return f"user:{principal.user}" if principal.user else f"service:{principal.caller}"
+
+
+def _check_id(name: str, value: str) -> str:
+    if not value:
+        raise invalid("MISSING_ID", f"{name} is required", field=name)
+    if not _ID.fullmatch(value):
+        raise invalid("INVALID_ID", f"{name} must be 1..128 characters of [A-Za-z0-9_.:-]", field=name)
+    return value
+
+
+def _privileged(principal: Principal) -> bool:
+    return principal.is_service or principal.is_admin
+
+
+def _require_self(principal: Principal, user_id: str, reason: str = "NOT_YOURS") -> None:
+    if not _privileged(principal) and principal.user != user_id:
+        raise denied(reason, "a user acts only for themselves")
+
+
+def _require_party(principal: Principal, row) -> None:
+    if not _privileged(principal) and principal.user not in (row.fan_id, row.creator_id):
+        raise denied("NOT_YOUR_CALL", "only the call's fan or creator may do this")
+
+
+def _require_service(principal: Principal, what: str) -> None:
+    if not principal.is_service:
+        raise denied("SERVICE_ONLY", f"{what} is for internal services only")
+
+
+def call_pb(row) -> pb.Call:
+    ended = row.status in ("ENDED", "FAILED")
+    active_ms = row.active_ms
+    if row.status == "ACTIVE" and row.segment_started_at is not None and row.now is not None:
+        active_ms += max(0, int((row.now - row.segment_started_at).total_seconds() * 1000))
+    return pb.Call(
+        call_id=row.call_id,
+        fan_id=row.fan_id,
+        creator_id=row.creator_id,
+        status=_STATUS[row.status],
+        rate_tokens_per_minute=row.rate_tokens_per_minute,
+        tokens_per_block=row.tokens_per_block,
+        block_seconds=row.block_seconds,
+        fee_bps=row.fee_bps,
+        media_channel=row.media_channel,
+        media_node=row.media_node,
+        blocks_charged=row.blocks_charged,
+        tokens_charged=row.tokens_charged,
+        fee_tokens=row.fee_tokens,
+        billed_seconds=active_ms // 1000,
+        end_reason=pb.EndReason.Value(f"END_REASON_{row.end_reason}") if row.end_reason else 0,
+        start_time=ts(row.started_at),
+        end_time=ts(row.ended_at) if ended else None,
+        next_block_time=ts(row.next_block_at) if row.status == "ACTIVE" else None,
+    )
+
+
+_SELECT_CALL = f"SELECT c.*, {NOW_SQL} AS now FROM billing.calls c"
+
+
+class BillingServicer(pb_grpc.BillingServiceServicer):
+    def __init__(self, engine: AsyncEngine, preset: Preset, meter: Metering, hub: Hub | None, notify):
+        self.engine = engine
+        self.preset = preset
+        self.meter = meter
+        self.hub = hub
+        self.notify = notify
+
+    async def _call(self, call_id: str, conn=None, lock: bool = False):
+        _check_id("call_id", call_id)
+        sql = text(f"{_SELECT_CALL} WHERE call_id = :id" + (" FOR UPDATE" if lock else ""))
+        if conn is None:
+            async with self.engine.connect() as own:
+                row = (await own.execute(sql, {"id": call_id})).one_or_none()
+        else:
+            row = (await conn.execute(sql, {"id": call_id})).one_or_none()
+        if row is None:
+            raise not_found("CALL_NOT_FOUND", f"no call {call_id!r}")
+        return row
+
+    def _check_rate(self, rate: int) -> int:
+        calls = self.preset.calls
+        if not calls.enabled:
+            raise precondition("CALLS_DISABLED", "this platform does not offer calls")
+        if rate <= 0 or rate > calls.max_rate_tokens_per_minute or rate < calls.min_rate_tokens_per_minute:
+            raise invalid(
+                "INVALID_RATE",
+                f"rate must be {calls.min_rate_tokens_per_minute}..{calls.max_rate_tokens_per_minute} tokens/min",
+                field="rate_tokens_per_minute",
+            )
+        tokens = calls.tokens_per_block(rate)
+        if tokens is None:
+            raise invalid(
+                "RATE_NOT_DIVISIBLE",
+                f"the rate must give a whole number of tokens per {calls.block_seconds} s block",
+                field="rate_tokens_per_minute",
+            )
+        return tokens
+
+    # ---- settings -------------------------------------------------------------------------------
+
+    async def SetCallSettings(self, request, context):
+        creator_id = _check_id("creator_id", request.creator_id)
+        _require_self(_principal(), creator_id)
+        self._check_rate(request.rate_tokens_per_minute)
+        async with self.engine.begin() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "INSERT INTO billing.call_settings (creator_id, rate_tokens_per_minute, available) "
+                        f"VALUES (:c, :r, :a) ON CONFLICT (creator_id) DO UPDATE SET "
+                        f"rate_tokens_per_minute = excluded.rate_tokens_per_minute, available = excluded.available, "
+                        f"updated_at = {NOW_SQL} RETURNING *"
+                    ),
+                    {"c": creator_id, "r": request.rate_tokens_per_minute, "a": request.available},
+                )
+            ).one()
+        return pb.SetCallSettingsResponse(settings=self._settings_pb(row))
+
+    @staticmethod
+    def _settings_pb(row) -> pb.CallSettings:
+        return pb.CallSettings(
+            creator_id=row.creator_id,
+            rate_tokens_per_minute=row.rate_tokens_per_minute,
+            available=row.available,
+            update_time=ts(row.updated_at),
+        )
+
+    async def _settings(self, creator_id: str):
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(text("SELECT * FROM billing.call_settings WHERE creator_id = :c"), {"c": creator_id})
+            ).one_or_none()
+        if row is None:
+            raise not_found("CALL_SETTINGS_NOT_FOUND", "this creator does not take calls", creator_id=creator_id)
+        return row
+
+    async def GetCallSettings(self, request, context):
+        creator_id = _check_id("creator_id", request.creator_id)
+        return pb.GetCallSettingsResponse(settings=self._settings_pb(await self._settings(creator_id)))
+
+    # ---- StartCall ------------------------------------------------------------------------------
+
+    async def _replayed(self, scope: str, request, settle_pending: bool = True) -> pb.StartCallResponse | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(f"{_SELECT_CALL} WHERE request_scope = :s AND request_id = :r"),
+                    {"s": scope, "r": request.request_id},
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        if (row.fan_id, row.creator_id, row.rate_tokens_per_minute) != (
+            request.fan_id,
+            request.creator_id,
+            request.rate_tokens_per_minute,
+        ):
+            raise DomainError(grpc.StatusCode.ALREADY_EXISTS, "ID_REUSED", "request_id was used for another call")
+        if row.status == "FAILED":
+            raise precondition("INSUFFICIENT_FUNDS", "the first block could not be paid", call_id=row.call_id)
+        if row.status == "STARTING":
+            if settle_pending:
+                # The first block is still in flight (or was left by a crash): finish it now; the
+                # derived id makes this safe even while the original request is still running.
+                await self.meter.sweep(dt.timedelta(0))
+                return await self._replayed(scope, request, settle_pending=False)
+            raise DomainError(
+                grpc.StatusCode.UNAVAILABLE,
+                "CALL_STARTING",
+                "the first block is being charged; retry",
+                retry_delay_ms=500,
+            )
+        return pb.StartCallResponse(call=call_pb(row))
+
+    async def StartCall(self, request, context):
+        principal = _principal()
+        _check_id("request_id", request.request_id)
+        fan_id = _check_id("fan_id", request.fan_id)
+        creator_id = _check_id("creator_id", request.creator_id)
+        if request.media_node:
+            _check_id("media_node", request.media_node)
+        _require_self(principal, fan_id)
+        scope = _scope(principal)
+        replay = await self._replayed(scope, request)
+        if replay is not None:
+            return replay
+        tokens = self._check_rate(request.rate_tokens_per_minute)
+        if fan_id == creator_id:
+            raise invalid("SELF_CALL", "a fan cannot call themselves", field="creator_id")
+        settings = await self._settings(creator_id)
+        if not settings.available:
+            raise precondition("CREATOR_UNAVAILABLE", "the creator does not take calls right now")
+        if settings.rate_tokens_per_minute != request.rate_tokens_per_minute:
+            raise precondition(
+                "PRICE_CHANGED",
+                "the creator's rate changed; show the new rate",
+                rate_tokens_per_minute=str(settings.rate_tokens_per_minute),
+            )
+        calls = self.preset.calls
+        async with self.engine.connect() as conn:
+            busy = await conn.scalar(
+                text(
+                    "SELECT call_id FROM billing.calls WHERE fan_id = :f AND status IN ('STARTING','ACTIVE','PAUSED')"
+                ),
+                {"f": fan_id},
+            )
+        if busy:
+            raise precondition("FAN_ALREADY_IN_CALL", "the fan already has an active call", call_id=busy)
+        if await self.meter.spendable(fan_id) < tokens * calls.start_min_blocks:
+            raise precondition("INSUFFICIENT_FUNDS", "the fan's balance is below one block")
+        call_id = uuid.uuid4().hex
+        fee = fee_amount(tokens, self.preset.fees.call_bps)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        f"""
+                        INSERT INTO billing.calls (call_id, request_scope, request_id, fan_id, creator_id, status,
+                            rate_tokens_per_minute, tokens_per_block, block_seconds, fee_bps, grace_seconds,
+                            max_pause_seconds, warning_blocks, media_channel, media_node, started_at,
+                            next_block_no, next_block_at, charging_block_no, last_heartbeat_at, segment_started_at)
+                        VALUES (:call_id, :scope, :rid, :fan, :creator, 'STARTING', :rate, :tokens, :block, :bps,
+                            :grace, :pause, :warn, :channel, :node, {NOW_SQL}, 0, {NOW_SQL}, 0, {NOW_SQL}, {NOW_SQL})
+                        """
+                    ),
+                    {
+                        "call_id": call_id,
+                        "scope": scope,
+                        "rid": request.request_id,
+                        "fan": fan_id,
+                        "creator": creator_id,
+                        "rate": request.rate_tokens_per_minute,
+                        "tokens": tokens,
+                        "block": calls.block_seconds,
+                        "bps": self.preset.fees.call_bps,
+                        "grace": calls.heartbeat_grace_seconds,
+                        "pause": calls.max_pause_seconds,
+                        "warn": calls.low_balance_warning_blocks,
+                        "channel": f"call-{call_id}",
+                        "node": request.media_node,
+                    },
+                )
+                await conn.execute(
+                    text(
+                        "INSERT INTO billing.charge_intents (call_id, block_no, block_at, tokens, fee_tokens, status) "
+                        f"VALUES (:c, 0, {NOW_SQL}, :t, :f, 'PENDING')"
+                    ),
+                    {"c": call_id, "t": tokens, "f": fee},
+                )
+        except IntegrityError as exc:
+            if "calls_one_live_per_fan" in str(exc):
+                raise precondition("FAN_ALREADY_IN_CALL", "the fan already has an active call") from None
+            replay = await self._replayed(scope, request)
+            if replay is not None:
+                return replay
+            raise
+        charge = Charge(call_id, fan_id, creator_id, 0, tokens, fee, self.preset.fees.call_bps)
+        await self.meter.settle(await self.meter.pay([charge]))
+        row = await self._call(call_id)
+        if row.status == "FAILED":
+            raise precondition("INSUFFICIENT_FUNDS", "the first block could not be paid", call_id=call_id)
+        return pb.StartCallResponse(call=call_pb(row))
+
+    # ---- media server ---------------------------------------------------------------------------
+
+    async def Heartbeat(self, request, context):
+        _require_service(_principal(), "Heartbeat")
+        if request.media_node:
+            _check_id("media_node", request.media_node)
+        async with self.engine.begin() as conn:
+            row = await self._call(request.call_id, conn, lock=True)
+            if row.status not in ("ACTIVE", "PAUSED", "STARTING"):
+                raise precondition("CALL_ENDED", "the call has ended; cut it", call_id=row.call_id)
+            await conn.execute(
+                text(
+                    f"""
+                    UPDATE billing.calls SET last_heartbeat_at = {NOW_SQL},
+                        media_node = CASE WHEN media_node = '' THEN :node ELSE media_node END,
+                        deadline_at = CASE WHEN status = 'ACTIVE' AND charging_block_no IS NULL
+                            THEN LEAST(next_block_at, {NOW_SQL} + make_interval(secs => grace_seconds))
+                            ELSE deadline_at END
+                    WHERE call_id = :id
+                    """
+                ),
+                {"id": row.call_id, "node": request.media_node},
+            )
+        return pb.HeartbeatResponse(status=_STATUS[row.status])
+
+    # ---- pause / resume / end -------------------------------------------------------------------
+
+    async def PauseCall(self, request, context):
+        principal = _principal()
+        _check_id("request_id", request.request_id)
+        events: list[Event] = []
+        async with self.engine.begin() as conn:
+            row = await self._call(request.call_id, conn, lock=True)
+            _require_party(principal, row)
+            if row.status == "PAUSED":
+                return pb.PauseCallResponse(call=call_pb(row))  # idempotent
+            if row.status != "ACTIVE":
+                raise precondition("CALL_NOT_ACTIVE", "only an active call can be paused")
+            # While a block is in flight next_block_at is its start; the settle adds its unused part.
+            await conn.execute(
+                text(
+                    f"""
+                    UPDATE billing.calls SET status = 'PAUSED', paused_at = {NOW_SQL},
+                        carry_ms = GREATEST(0, CAST(EXTRACT(EPOCH FROM (next_block_at - {NOW_SQL})) * 1000 AS bigint)),
+                        active_ms = active_ms + :extra,
+                        segment_started_at = NULL,
+                        deadline_at = {NOW_SQL} + make_interval(secs => max_pause_seconds)
+                    WHERE call_id = :id
+                    """
+                ),
+                {"id": row.call_id, "extra": metering.active_ms_until(row, row.now)},
+            )
+            events = call_events(row, pb.CALL_EVENT_TYPE_PAUSED, row.now)
+            await append(conn, SCHEMA, events)
+        self.notify()
+        return pb.PauseCallResponse(call=call_pb(await self._call(row.call_id)))
+
+    async def ResumeCall(self, request, context):
+        principal = _principal()
+        _check_id("request_id", request.request_id)
+        async with self.engine.begin() as conn:
+            row = await self._call(request.call_id, conn, lock=True)
+            _require_party(principal, row)
+            if row.status != "PAUSED":
+                raise precondition("CALL_NOT_PAUSED", "only a paused call can be resumed")
+            limit = row.paused_at + dt.timedelta(seconds=row.max_pause_seconds)
+            if row.now >= limit:
+                await conn.execute(END_SQL, end_params(row, "ENDED", "PAUSE_TOO_LONG", limit))
+                await append(
+                    conn,
+                    SCHEMA,
+                    call_events(row, pb.CALL_EVENT_TYPE_ENDED, limit, end_reason=pb.END_REASON_PAUSE_TOO_LONG),
+                )
+                ended = True
+            else:
+                await conn.execute(
+                    text(
+                        f"""
+                        UPDATE billing.calls SET status = 'ACTIVE', paused_at = NULL, last_heartbeat_at = {NOW_SQL},
+                            segment_started_at = {NOW_SQL},
+                            next_block_at = {NOW_SQL} + make_interval(secs => carry_ms / 1000.0),
+                            deadline_at = CASE WHEN charging_block_no IS NULL THEN
+                                {NOW_SQL} + make_interval(secs => LEAST(carry_ms / 1000.0, grace_seconds)) END,
+                            carry_ms = 0
+                        WHERE call_id = :id
+                        """
+                    ),
+                    {"id": row.call_id},
+                )
+                await append(conn, SCHEMA, call_events(row, pb.CALL_EVENT_TYPE_RESUMED, row.now))
+                ended = False
+        self.notify()
+        if ended:
+            raise precondition("PAUSE_TOO_LONG", "the pause lasted too long; the call has ended")
+        return pb.ResumeCallResponse(call=call_pb(await self._call(row.call_id)))
+
+    async def EndCall(self, request, context):
+        principal = _principal()
+        _check_id("request_id", request.request_id)
+        async with self.engine.begin() as conn:
+            row = await self._call(request.call_id, conn, lock=True)
+            _require_party(principal, row)
+            if row.status in ("ENDED", "FAILED"):
+                return pb.EndCallResponse(call=call_pb(row))  # idempotent
+            if principal.is_service:
+                reason = "MEDIA_SERVER_ENDED"
+            elif principal.user == row.fan_id:
+                reason = "FAN_ENDED"
+            elif principal.user == row.creator_id:
+                reason = "CREATOR_ENDED"
+            else:
+                reason = "ADMIN_ENDED"
+            await conn.execute(END_SQL, end_params(row, "ENDED", reason, row.now))
+            await append(
+                conn,
+                SCHEMA,
+                call_events(
+                    row, pb.CALL_EVENT_TYPE_ENDED, row.now, end_reason=pb.EndReason.Value(f"END_REASON_{reason}")
+                ),
+            )
+        self.notify()
+        return pb.EndCallResponse(call=call_pb(await self._call(row.call_id)))
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    async def GetCall(self, request, context):
+        row = await self._call(request.call_id)
+        _require_party(_principal(), row)
+        return pb.GetCallResponse(call=call_pb(row))
+
+    async def ListCalls(self, request, context):
+        principal = _principal()
+        if bool(request.fan_id) == bool(request.creator_id):
+            raise invalid("ONE_OWNER", "name exactly one of fan_id or creator_id", field="fan_id")
+        column, owner = ("fan_id", request.fan_id) if request.fan_id else ("creator_id", request.creator_id)
+        _check_id(column, owner)
+        _require_self(principal, owner)
+        if not 0 <= request.page_size <= 1000:
+            raise invalid("INVALID_PAGE_SIZE", "page_size must be 0..1000", field="page_size")
+        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = None
+        if request.page_token:
+            try:
+                stamp, _, last_id = base64.urlsafe_b64decode(request.page_token.encode()).decode().partition("|")
+                after = (dt.datetime.fromisoformat(stamp), _check_id("page_token", last_id))
+            except (ValueError, UnicodeDecodeError, DomainError):
+                raise invalid("INVALID_PAGE_TOKEN", "page_token is malformed", field="page_token") from None
+        where = f"{column} = :owner" + (" AND (started_at, call_id) < (:at, :id)" if after else "")
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(f"{_SELECT_CALL} WHERE {where} ORDER BY started_at DESC, call_id DESC LIMIT :n"),
+                    {
+                        "owner": owner,
+                        "at": after[0] if after else None,
+                        "id": after[1] if after else None,
+                        "n": size + 1,
+                    },
+                )
+            ).all()
+        response = pb.ListCallsResponse(calls=[call_pb(r) for r in rows[:size]])
+        if len(rows) > size:
+            last = rows[size - 1]
+            token = f"{last.started_at.isoformat()}|{last.call_id}"
+            response.next_page_token = base64.urlsafe_b64encode(token.encode()).decode()
+        return response
+
+    async def GetCallStats(self, request, context):
+        creator_id = _check_id("creator_id", request.creator_id)
+        _require_self(_principal(), creator_id)
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) AS calls, CAST(coalesce(sum(blocks_charged), 0) AS bigint) AS blocks, "
+                        "CAST(coalesce(sum(tokens_charged), 0) AS bigint) AS tokens, CAST(coalesce(sum(fee_tokens), 0) AS bigint) AS fees, "
+                        "CAST(coalesce(sum(active_ms), 0) AS bigint) AS ms FROM billing.calls "
+                        "WHERE creator_id = :c AND status <> 'FAILED'"
+                    ),
+                    {"c": creator_id},
+                )
+            ).one()
+        return pb.GetCallStatsResponse(
+            creator_id=creator_id,
+            calls=row.calls,
+            blocks_charged=row.blocks,
+            tokens_charged=row.tokens,
+            fee_tokens=row.fees,
+            billed_seconds=row.ms // 1000,
+        )
+
+    # ---- watches --------------------------------------------------------------------------------
+
+    def _hub(self) -> Hub:
+        if self.hub is None:
+            raise DomainError(grpc.StatusCode.UNAVAILABLE, "EVENTS_UNAVAILABLE", "no Redis is configured")
+        return self.hub
+
+    async def WatchCall(self, request, context):
+        row = await self._call(request.call_id)
+        _require_party(_principal(), row)
+        async with await self._hub().subscribe(f"call:{row.call_id}", request.resume_token or None) as sub:
+            async for delivery in sub:
+                yield pb.WatchCallResponse(event=pb.CallEvent.FromString(delivery.payload), resume_token=delivery.token)
+
+    async def WatchNodeCalls(self, request, context):
+        _require_service(_principal(), "WatchNodeCalls")
+        node = _check_id("media_node", request.media_node)
+        async with await self._hub().subscribe(f"node:{node}", request.resume_token or None) as sub:
+            async for delivery in sub:
+                yield pb.WatchNodeCallsResponse(
+                    event=pb.CallEvent.FromString(delivery.payload), resume_token=delivery.token
+                )
+
+
+class Billing:
+    """The Billing service in one process: metering loop and sweeper, outbox relay, watch hub."""
+
+    def __init__(self, settings: Settings, engine: AsyncEngine, database_url: str):
+        self.settings = settings
+        self.engine = engine
+        self.preset = load_preset(settings.preset_name)
+        self.wallet_channel = client.channel(
+            settings, settings.addresses["wallet"], identity="billing", deadline_seconds=metering.WALLET_DEADLINE_S
+        )
+        self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        self.relay = Relay(engine, self.redis, SCHEMA) if self.redis is not None else None
+        self.hub = Hub(self.redis, replay_loader=replay_loader(engine, SCHEMA)) if self.redis is not None else None
+        self.metering = Metering(engine, wallet_grpc.WalletServiceStub(self.wallet_channel), self._notify)
+        self.servicer = BillingServicer(engine, self.preset, self.metering, self.hub, self._notify)
+        self._loop: asyncio.Task | None = None
+
+    def _notify(self) -> None:
+        if self.relay is not None:
+            self.relay.notify()
+
+    def registration(self) -> Registration:
+        return Registration(
+            SERVICE_NAME, lambda server: pb_grpc.add_BillingServiceServicer_to_server(self.servicer, server)
+        )
+
+    def start(self) -> None:
+        if self.relay is not None:
+            self.relay.start()
+        self._loop = asyncio.create_task(self._run(), name="billing-metering")
+
+    async def _run(self) -> None:
+        await self.metering.ensure_started()
+        interval = metering.LOOP_INTERVAL_S
+        if interval is None:
+            return
+        while True:
+            try:
+                await self.metering.tick()
+                await self.metering.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("metering tick failed")
+            await asyncio.sleep(interval)
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        if self.hub is not None:
+            await self.hub.close()
+        if self.relay is not None:
+            await self.relay.stop()
+        await self.wallet_channel.close()
+        if self.redis is not None:
+            await self.redis.aclose()
