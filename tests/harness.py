@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 from contextlib import asynccontextmanager
 
 import grpc
@@ -68,3 +69,9 @@ def reason_of(error: grpc.aio.AioRpcError) -> str:
     status = rpc_status.from_call(error)
     info = error_info(status) if status else None
     return info.reason if info else ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -3,20 +3,13 @@
 import asyncio
 import os
 import signal
-import socket
 import sys
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
-from tests.harness import Caller, migrated_engine, settings_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.harness import Caller, free_port, migrated_engine, settings_for
 
 
 async def _wait_serving(target: str) -> None:
@@ -37,7 +30,7 @@ async def test_sigterm_drains_and_exits_cleanly(database_url):
     settings = settings_for(database_url)
     engine = await migrated_engine(settings)
     await engine.dispose()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, FANBANK_DATABASE_URL=database_url, FANBANK_LOG_LEVEL="WARNING",
                FANBANK_SHUTDOWN_GRACE_SECONDS="5", FANBANK_CLOCK="controlled")  # fmt: skip
     process = await asyncio.create_subprocess_exec(

@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from shared.config import REPO
 from shared.errors import error_info
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
-from tests.harness import migrated_engine, settings_for
+from tests.harness import free_port, migrated_engine, settings_for
 
 pytestmark = pytest.mark.slow
 
@@ -77,12 +76,6 @@ def funding_plan() -> dict[str, tuple[int, int]]:
         else:
             plan[fan] = (1500, 500 if i % 2 else 0)
     return plan
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class WalletProcess:

@@ -4,7 +4,6 @@ everything cleanly; a second run reuses the data."""
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,12 +15,7 @@ from shared import auth
 from shared.config import load_settings
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as pb_grpc
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.harness import free_port
 
 
 class _Lines:
@@ -90,9 +84,9 @@ def _run_up(env: dict) -> tuple[str, str]:
 
 def test_up_starts_healthy_and_reuses_data(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FANBANK_") or k in ("FANBANK_SERVICE_KEYS",)}
-    env.update(
-        FANBANK_DATA_DIR=str(tmp_path / "data"), FANBANK_WALLET_PORT=str(_free_port()), FANBANK_LOG_LEVEL="WARNING"
-    )
+    env.update(FANBANK_DATA_DIR=str(tmp_path / "data"), FANBANK_LOG_LEVEL="WARNING")
+    for name in ("WALLET", "BILLING", "STREAMS", "GIFTS", "PAYOUTS", "EDGE"):
+        env[f"FANBANK_{name}_PORT"] = str(free_port())  # never a fixed port another run may hold
     first, _ = _run_up(env)
     assert "applied now" in first and "migrations: 0 applied now" not in first
     second, _ = _run_up(env)
