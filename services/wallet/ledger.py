@@ -577,11 +577,13 @@ class Ledger:
     def _check_accounts(self, batch: _Batch, op: Op) -> None:
         """A missing account an op may create (a credit, a system account) becomes a new account of
         the batch, written only if an op that uses it succeeds; an op whose debit account does not
-        exist is refused and changes nothing."""
+        exist is refused and changes nothing. An account that an item of the same linked batch
+        credits counts as existing for the others (funding then spending in one batch)."""
         refs = _refs_of(op)
-        unknown = [ref for ref, creatable in refs if ref not in batch.ids and not creatable]
+        known = set(batch.ids) | {ref for ref, creatable in refs if creatable}
+        unknown = [ref for ref, creatable in refs if ref not in known and not creatable]
         if op.kind in ("TRANSFER", "BATCH"):
-            unknown = _wallet_halves_ok(unknown, batch.ids)
+            unknown = _wallet_halves_ok(unknown, known)
         if unknown:
             ref = unknown[0]
             raise _Refused(
@@ -1009,7 +1011,7 @@ def _refs_of(op: Op) -> list[tuple[Ref, bool]]:
     return refs
 
 
-def _wallet_halves_ok(unknown: list[Ref], ids: dict[Ref, int]) -> list[Ref]:
+def _wallet_halves_ok(unknown: list[Ref], ids: set[Ref] | dict[Ref, int]) -> list[Ref]:
     """A USER_WALLET debit needs only one of its two accounts to exist."""
     remaining = []
     for ref in unknown:

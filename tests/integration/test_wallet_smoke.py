@@ -117,3 +117,25 @@ def reason_of_status(status) -> str:
     from shared.errors import error_info
 
     return error_info(status).reason
+
+
+async def test_linked_batch_may_spend_what_it_just_credited(wallet):
+    """A purchase and a tip in one linked batch: the fan's account is created by the first item."""
+    caller, _ = wallet
+    request = pb.BatchTransferRequest(
+        batch_id="buy-and-tip",
+        mode=pb.BATCH_MODE_LINKED,
+        transfers=[
+            pb.TransferSpec(transfer_id="buy", debit=ref("", pb.ACCOUNT_CODE_PROVIDER_CLEARING),
+                            credit=ref("newfan", pb.ACCOUNT_CODE_USER_PURCHASED), amount=20,
+                            code=pb.TRANSFER_CODE_PURCHASE),
+            pb.TransferSpec(transfer_id="tip", debit=ref("newfan", pb.ACCOUNT_CODE_USER_WALLET),
+                            credit=ref("newcreator", pb.ACCOUNT_CODE_CREATOR_EARNINGS), amount=15,
+                            code=pb.TRANSFER_CODE_TIP),
+        ],
+    )  # fmt: skip
+    response = await caller.wallet.BatchTransfer(request)
+    assert [r.transfer.amount for r in response.results] == [20, 15]
+    balance = await caller.wallet.GetBalance(pb.GetBalanceRequest(owner_id="newfan"))
+    assert balance.spendable_posted == 5
+    assert (await caller.wallet.Audit(pb.AuditRequest())).ok
