@@ -561,9 +561,7 @@ class Billing:
             self.relay.notify()
 
     def registration(self) -> Registration:
-        return Registration(
-            SERVICE_NAME, lambda server: pb_grpc.add_BillingServiceServicer_to_server(self.servicer, server)
-        )
+        return Registration(SERVICE_NAME, self.servicer, pb_grpc.add_BillingServiceServicer_to_server)
 
     def start(self) -> None:
         if self.relay is not None:

@@ -451,9 +451,7 @@ class Wallet:
         self._sweeper: asyncio.Task | None = None
 
     def registration(self) -> Registration:
-        return Registration(
-            SERVICE_NAME, lambda server: pb_grpc.add_WalletServiceServicer_to_server(self.servicer, server)
-        )
+        return Registration(SERVICE_NAME, self.servicer, pb_grpc.add_WalletServiceServicer_to_server)
 
     def start(self) -> None:
         self.ledger.start()

@@ -664,9 +664,7 @@ async def things(wallet, tmp_path_factory):
     pb2, pb2_grpc = _compile_test_proto(tmp_path_factory.mktemp("edgetest"))
     servicer = Things(pb2)
     service_name = pb2.DESCRIPTOR.services_by_name["EdgeTestService"].full_name
-    registration = Registration(
-        service_name, lambda server: pb2_grpc.add_EdgeTestServiceServicer_to_server(servicer, server)
-    )
+    registration = Registration(service_name, servicer, pb2_grpc.add_EdgeTestServiceServicer_to_server)
     runtime = await start_server(settings, [registration], 0, host="127.0.0.1")
     app = build_app(settings, [pb2.DESCRIPTOR], {service_name: f"127.0.0.1:{runtime.port}"}, keepalive_seconds=0.2)
     try:
