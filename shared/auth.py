@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from shared.config import Settings
-from shared.errors import unauthenticated
+from shared.errors import denied, unauthenticated
 
 CALLER = "x-fanbank-caller"
 USER = "x-fanbank-user"
@@ -44,6 +44,16 @@ class Principal:
     @property
     def is_service(self) -> bool:
         return self.user is None and self.internal
+
+    @property
+    def is_privileged(self) -> bool:
+        """An internal service acting as itself, or a user with the admin role."""
+        return self.is_service or self.is_admin
+
+    @property
+    def scope(self) -> str:
+        """Caller-chosen ids are scoped to the calling service, or to the user on a user's call."""
+        return f"user:{self.user}" if self.user else f"service:{self.caller}"
 
 
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("fanbank_principal")
@@ -104,3 +114,18 @@ def verify(settings: Settings, metadata: dict[str, str], method: str, now: float
     if not internal:
         raise unauthenticated("CALLER_NOT_INTERNAL", f"{caller!r} may only call on behalf of a user")
     return Principal(caller, None, frozenset(), True)
+
+
+def principal() -> Principal:
+    """Who the RPC being served is for (set by the runtime before the servicer runs)."""
+    return current_principal.get()
+
+
+def require_service(who: Principal, what: str) -> None:
+    if not who.is_service:
+        raise denied("SERVICE_ONLY", f"{what} is for internal services only")
+
+
+def require_privileged(who: Principal, what: str) -> None:
+    if not who.is_privileged:
+        raise denied("ADMIN_ONLY", f"{what} needs the admin role")

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.request
 
 from shared import logs
+from shared.client import health_status
 from shared.config import load_settings
 from shared.db import make_engine, migrate
 from shared.host import SERVICE_CLASSES, host
@@ -68,24 +69,11 @@ def cmd_serve(args) -> int:
     return 0
 
 
-async def _health(target: str) -> str:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.aio.AioRpcError as error:
-            return error.code().name
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-
-
 def _wait_healthy(target: str, process: subprocess.Popen, seconds: int = 60) -> str:
     deadline = time.monotonic() + seconds
     status = "UNKNOWN"
     while time.monotonic() < deadline and process.poll() is None:
-        status = asyncio.run(_health(target))
+        status = asyncio.run(health_status(target))
         if status == "SERVING":
             return status
         time.sleep(0.2)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import auth, logs
 from shared.config import Settings
@@ -87,3 +88,15 @@ def channel(
         ],
         interceptors=[_UnaryUnary(signer), _UnaryStream(signer)],
     )
+
+
+async def health_status(target: str, service: str = "", timeout_seconds: float = 1.0) -> str:
+    """The standard gRPC health answer of `target` ("SERVING", "NOT_SERVING", …), or the status code
+    name when it cannot answer ("UNAVAILABLE", "DEADLINE_EXCEEDED"). Needs no signature."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_seconds)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)

@@ -5,8 +5,10 @@ only provides a class with `registration()`, `start()` and `stop()`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -56,3 +58,16 @@ async def host(
         runtime.on_stop.append(engine.dispose)
     log.info("serving", extra={"port": runtime.port})
     return runtime, service
+
+
+async def run_every(interval_seconds: float, action: Callable[[], Awaitable[object]], what: str) -> None:
+    """A service's background work (sweepers, ticks): runs `action` until cancelled, waiting
+    `interval_seconds` between runs; a failure is logged and the next run goes on."""
+    while True:
+        try:
+            await action()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background work failed", extra={"work": what})
+        await asyncio.sleep(interval_seconds)

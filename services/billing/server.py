@@ -14,7 +14,6 @@ import base64
 import contextlib
 import datetime as dt
 import logging
-import re
 import uuid
 
 import grpc
@@ -33,16 +32,17 @@ from shared.errors import DomainError, denied, invalid, not_found, precondition
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
+from shared.host import run_every
 from shared.outbox import Event, Relay, append, replay_loader
 from shared.presets import Preset, fee_amount, load_preset
 from shared.server import Registration
+from shared.validate import check_id
 from shared.watch import Hub
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BillingService"].full_name
 SCHEMA = metering.SCHEMA
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 
@@ -55,39 +55,14 @@ _STATUS = {
 }
 
 
-def _principal() -> Principal:
-    return auth.current_principal.get()
-
-
-def _scope(principal: Principal) -> str:
-    return f"user:{principal.user}" if principal.user else f"service:{principal.caller}"
-
-
-def _check_id(name: str, value: str) -> str:
-    if not value:
-        raise invalid("MISSING_ID", f"{name} is required", field=name)
-    if not _ID.fullmatch(value):
-        raise invalid("INVALID_ID", f"{name} must be 1..128 characters of [A-Za-z0-9_.:-]", field=name)
-    return value
-
-
-def _privileged(principal: Principal) -> bool:
-    return principal.is_service or principal.is_admin
-
-
 def _require_self(principal: Principal, user_id: str, reason: str = "NOT_YOURS") -> None:
-    if not _privileged(principal) and principal.user != user_id:
+    if not principal.is_privileged and principal.user != user_id:
         raise denied(reason, "a user acts only for themselves")
 
 
 def _require_party(principal: Principal, row) -> None:
-    if not _privileged(principal) and principal.user not in (row.fan_id, row.creator_id):
+    if not principal.is_privileged and principal.user not in (row.fan_id, row.creator_id):
         raise denied("NOT_YOUR_CALL", "only the call's fan or creator may do this")
-
-
-def _require_service(principal: Principal, what: str) -> None:
-    if not principal.is_service:
-        raise denied("SERVICE_ONLY", f"{what} is for internal services only")
 
 
 def call_pb(row) -> pb.Call:
@@ -129,7 +104,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self.notify = notify
 
     async def _call(self, call_id: str, conn=None, lock: bool = False):
-        _check_id("call_id", call_id)
+        check_id("call_id", call_id)
         sql = text(f"{_SELECT_CALL} WHERE call_id = :id" + (" FOR UPDATE" if lock else ""))
         if conn is None:
             async with self.engine.connect() as own:
@@ -162,8 +137,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     # ---- settings -------------------------------------------------------------------------------
 
     async def SetCallSettings(self, request, context):
-        creator_id = _check_id("creator_id", request.creator_id)
-        _require_self(_principal(), creator_id)
+        creator_id = check_id("creator_id", request.creator_id)
+        _require_self(auth.principal(), creator_id)
         self._check_rate(request.rate_tokens_per_minute)
         async with self.engine.begin() as conn:
             row = (
@@ -198,7 +173,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         return row
 
     async def GetCallSettings(self, request, context):
-        creator_id = _check_id("creator_id", request.creator_id)
+        creator_id = check_id("creator_id", request.creator_id)
         return pb.GetCallSettingsResponse(settings=self._settings_pb(await self._settings(creator_id)))
 
     # ---- StartCall ------------------------------------------------------------------------------
@@ -236,14 +211,14 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         return pb.StartCallResponse(call=call_pb(row))
 
     async def StartCall(self, request, context):
-        principal = _principal()
-        _check_id("request_id", request.request_id)
-        fan_id = _check_id("fan_id", request.fan_id)
-        creator_id = _check_id("creator_id", request.creator_id)
+        principal = auth.principal()
+        check_id("request_id", request.request_id)
+        fan_id = check_id("fan_id", request.fan_id)
+        creator_id = check_id("creator_id", request.creator_id)
         if request.media_node:
-            _check_id("media_node", request.media_node)
+            check_id("media_node", request.media_node)
         _require_self(principal, fan_id)
-        scope = _scope(principal)
+        scope = principal.scope
         replay = await self._replayed(scope, request)
         if replay is not None:
             return replay
@@ -327,9 +302,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     # ---- media server ---------------------------------------------------------------------------
 
     async def Heartbeat(self, request, context):
-        _require_service(_principal(), "Heartbeat")
+        auth.require_service(auth.principal(), "Heartbeat")
         if request.media_node:
-            _check_id("media_node", request.media_node)
+            check_id("media_node", request.media_node)
         async with self.engine.begin() as conn:
             row = await self._call(request.call_id, conn, lock=True)
             if row.status not in ("ACTIVE", "PAUSED", "STARTING"):
@@ -352,8 +327,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     # ---- pause / resume / end -------------------------------------------------------------------
 
     async def PauseCall(self, request, context):
-        principal = _principal()
-        _check_id("request_id", request.request_id)
+        principal = auth.principal()
+        check_id("request_id", request.request_id)
         events: list[Event] = []
         async with self.engine.begin() as conn:
             row = await self._call(request.call_id, conn, lock=True)
@@ -382,8 +357,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         return pb.PauseCallResponse(call=call_pb(await self._call(row.call_id)))
 
     async def ResumeCall(self, request, context):
-        principal = _principal()
-        _check_id("request_id", request.request_id)
+        principal = auth.principal()
+        check_id("request_id", request.request_id)
         async with self.engine.begin() as conn:
             row = await self._call(request.call_id, conn, lock=True)
             _require_party(principal, row)
@@ -421,8 +396,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         return pb.ResumeCallResponse(call=call_pb(await self._call(row.call_id)))
 
     async def EndCall(self, request, context):
-        principal = _principal()
-        _check_id("request_id", request.request_id)
+        principal = auth.principal()
+        check_id("request_id", request.request_id)
         async with self.engine.begin() as conn:
             row = await self._call(request.call_id, conn, lock=True)
             _require_party(principal, row)
@@ -451,15 +426,15 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
 
     async def GetCall(self, request, context):
         row = await self._call(request.call_id)
-        _require_party(_principal(), row)
+        _require_party(auth.principal(), row)
         return pb.GetCallResponse(call=call_pb(row))
 
     async def ListCalls(self, request, context):
-        principal = _principal()
+        principal = auth.principal()
         if bool(request.fan_id) == bool(request.creator_id):
             raise invalid("ONE_OWNER", "name exactly one of fan_id or creator_id", field="fan_id")
         column, owner = ("fan_id", request.fan_id) if request.fan_id else ("creator_id", request.creator_id)
-        _check_id(column, owner)
+        check_id(column, owner)
         _require_self(principal, owner)
         if not 0 <= request.page_size <= 1000:
             raise invalid("INVALID_PAGE_SIZE", "page_size must be 0..1000", field="page_size")
@@ -468,7 +443,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         if request.page_token:
             try:
                 stamp, _, last_id = base64.urlsafe_b64decode(request.page_token.encode()).decode().partition("|")
-                after = (dt.datetime.fromisoformat(stamp), _check_id("page_token", last_id))
+                after = (dt.datetime.fromisoformat(stamp), check_id("page_token", last_id))
             except (ValueError, UnicodeDecodeError, DomainError):
                 raise invalid("INVALID_PAGE_TOKEN", "page_token is malformed", field="page_token") from None
         where = f"{column} = :owner" + (" AND (started_at, call_id) < (:at, :id)" if after else "")
@@ -492,8 +467,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         return response
 
     async def GetCallStats(self, request, context):
-        creator_id = _check_id("creator_id", request.creator_id)
-        _require_self(_principal(), creator_id)
+        creator_id = check_id("creator_id", request.creator_id)
+        _require_self(auth.principal(), creator_id)
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
@@ -524,14 +499,14 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
 
     async def WatchCall(self, request, context):
         row = await self._call(request.call_id)
-        _require_party(_principal(), row)
+        _require_party(auth.principal(), row)
         async with await self._hub().subscribe(f"call:{row.call_id}", request.resume_token or None) as sub:
             async for delivery in sub:
                 yield pb.WatchCallResponse(event=pb.CallEvent.FromString(delivery.payload), resume_token=delivery.token)
 
     async def WatchNodeCalls(self, request, context):
-        _require_service(_principal(), "WatchNodeCalls")
-        node = _check_id("media_node", request.media_node)
+        auth.require_service(auth.principal(), "WatchNodeCalls")
+        node = check_id("media_node", request.media_node)
         async with await self._hub().subscribe(f"node:{node}", request.resume_token or None) as sub:
             async for delivery in sub:
                 yield pb.WatchNodeCallsResponse(
@@ -573,15 +548,12 @@ class Billing:
         interval = metering.LOOP_INTERVAL_S
         if interval is None:
             return
-        while True:
-            try:
-                await self.metering.tick()
-                await self.metering.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("metering tick failed")
-            await asyncio.sleep(interval)
+
+        async def tick_and_sweep() -> None:
+            await self.metering.tick()
+            await self.metering.sweep()
+
+        await run_every(interval, tick_and_sweep, "metering tick")
 
     async def stop(self) -> None:
         if self._loop is not None:

@@ -5,21 +5,18 @@ and the ledger applies them.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from shared.errors import invalid
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
+from shared.validate import IDENT, MAX_ID_CHARS, check_id
 
 MAX_AMOUNT = 10**12
 MAX_BATCH_ITEMS = 1000
-MAX_ID_CHARS = 128
 MAX_CONTEXT_TYPE_CHARS = 32
 MAX_CONTEXT_ID_CHARS = 128
 MAX_REASON_CHARS = 500
 MAX_HOLD_TTL_SECONDS = 90 * 24 * 3600
-# Identifiers only: the ledger never stores text a user wrote.
-_IDENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-/]*")
 
 ASSETS = {pb.ASSET_TOKEN: "TOKEN", pb.ASSET_USD: "USD", pb.ASSET_INR: "INR"}
 ASSET_ENUM = {v: k for k, v in ASSETS.items()}
@@ -154,14 +151,6 @@ class Adjustment:
     context_id: str
 
 
-def check_id(name: str, value: str) -> str:
-    if not value:
-        raise invalid("MISSING_ID", f"{name} is required", field=name)
-    if len(value) > MAX_ID_CHARS or not _IDENT.fullmatch(value):
-        raise invalid("INVALID_ID", f"{name} must be ≤ {MAX_ID_CHARS} characters of [A-Za-z0-9_.:-/]", field=name)
-    return value
-
-
 def check_amount(amount: int, name: str = "amount") -> int:
     if amount <= 0:
         raise invalid("AMOUNT_NOT_POSITIVE", f"{name} must be positive", field=name)
@@ -178,7 +167,7 @@ def check_context(context_type: str, context_id: str, counterparty_id: str = "")
     ):
         if len(value) > limit:
             raise invalid("CONTEXT_TOO_LARGE", f"{name} must be at most {limit} characters", field=name)
-        if value and not _IDENT.fullmatch(value):
+        if value and not IDENT.fullmatch(value):
             raise invalid("INVALID_CONTEXT", f"{name} must be an identifier, not text", field=name)
     if bool(context_type) != bool(context_id):
         raise invalid("INVALID_CONTEXT", "context_type and context_id go together", field="context_id")

@@ -28,6 +28,7 @@ from shared.config import Settings
 from shared.errors import DomainError, denied, invalid, not_found
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as pb_grpc
+from shared.host import run_every
 from shared.server import Registration
 
 log = logging.getLogger(__name__)
@@ -38,29 +39,8 @@ MAX_WATCHERS = 10_000
 USER_SPEND_CODES = frozenset({"TIP", "GIFT", "TICKET", "CALL_BLOCK", "LIKE"})
 
 
-def _principal() -> Principal:
-    return auth.current_principal.get()
-
-
-def _scope(principal: Principal) -> str:
-    """Idempotency ids are scoped to the calling service, or to the user on a user's call."""
-    return f"user:{principal.user}" if principal.user else f"service:{principal.caller}"
-
-
-def _require_service(principal: Principal, what: str) -> None:
-    if not principal.is_service:
-        raise denied("SERVICE_ONLY", f"{what} is for internal services only")
-
-
-def _require_admin_or_service(principal: Principal, what: str) -> None:
-    if not (principal.is_service or principal.is_admin):
-        raise denied("ADMIN_ONLY", f"{what} needs the admin role")
-
-
 def _require_reader(principal: Principal, owner_id: str) -> None:
-    if principal.is_service or principal.is_admin:
-        return
-    if principal.user != owner_id:
+    if not principal.is_privileged and principal.user != owner_id:
         raise denied("NOT_YOUR_ACCOUNT", "a user reads only their own accounts")
 
 
@@ -168,7 +148,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         ref = model.ref_from_pb(request.account, "account")
         if ref.code == model.WALLET:
             raise invalid("WALLET_IS_VIRTUAL", "USER_WALLET is the pair of purchased and promotional accounts")
-        _require_reader(_principal(), ref.owner_id)
+        _require_reader(auth.principal(), ref.owner_id)
         await self.ledger.create_accounts({ref})
         row = await queries.get_account(self.engine, ref)
         assert row is not None
@@ -176,7 +156,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     async def GetAccount(self, request: pb.GetAccountRequest, context) -> pb.GetAccountResponse:
         ref = model.ref_from_pb(request.account, "account")
-        _require_reader(_principal(), ref.owner_id)
+        _require_reader(auth.principal(), ref.owner_id)
         row = await queries.get_account(self.engine, ref)
         if row is None:
             raise not_found("ACCOUNT_NOT_FOUND", "no such account", code=ref.code, owner_id=ref.owner_id)
@@ -185,16 +165,16 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
     # ---- transfers ----------------------------------------------------------------------------
 
     async def Transfer(self, request: pb.TransferRequest, context) -> pb.TransferResponse:
-        principal = _principal()
+        principal = auth.principal()
         item = model.item_from_pb(request.transfer)
         if request.transfer.group_id:
             raise invalid("GROUP_ID_NOT_ALLOWED", "group_id is for items of an INDEPENDENT batch", field="group_id")
         _check_user_spend(principal, item)
-        op = Op(_scope(principal), "TRANSFER", item.transfer_id, item.fields(), item)
+        op = Op(principal.scope, "TRANSFER", item.transfer_id, item.fields(), item)
         return pb.TransferResponse(transfer=await self._submit(op, pb.Transfer))
 
     async def BatchTransfer(self, request: pb.BatchTransferRequest, context) -> pb.BatchTransferResponse:
-        principal = _principal()
+        principal = auth.principal()
         if not request.transfers:
             raise invalid("EMPTY_BATCH", "a batch needs at least one transfer", field="transfers")
         if len(request.transfers) > model.MAX_BATCH_ITEMS:
@@ -204,7 +184,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
             _check_user_spend(principal, item)
         if len({item.transfer_id for item in items}) != len(items):
             raise invalid("DUPLICATE_TRANSFER_ID", "transfer ids within a batch must differ", field="transfers")
-        scope = _scope(principal)
+        scope = principal.scope
         if request.mode != pb.BATCH_MODE_INDEPENDENT and any(spec.group_id for spec in request.transfers):
             raise invalid("GROUP_ID_NOT_ALLOWED", "group_id is for items of an INDEPENDENT batch", field="transfers")
         if request.mode == pb.BATCH_MODE_LINKED:
@@ -256,8 +236,8 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         return response
 
     async def ReverseTransfer(self, request: pb.ReverseTransferRequest, context) -> pb.ReverseTransferResponse:
-        principal = _principal()
-        _require_service(principal, "ReverseTransfer")
+        principal = auth.principal()
+        auth.require_service(principal, "ReverseTransfer")
         model.check_id("reversal_id", request.reversal_id)
         which = request.WhichOneof("original")
         if which is None:
@@ -275,14 +255,14 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         reversal = Reversal(target_kind, target, code, legs)
         fields = {"target_kind": target_kind, "target": target, "code": code, "legs": sorted(legs.items())}
         fields["legs"] = [list(pair) for pair in fields["legs"]]
-        op = Op(_scope(principal), "REVERSAL", request.reversal_id, fields, reversal)
+        op = Op(principal.scope, "REVERSAL", request.reversal_id, fields, reversal)
         return await self._submit(op, pb.ReverseTransferResponse)
 
     # ---- holds --------------------------------------------------------------------------------
 
     async def CreateHold(self, request: pb.CreateHoldRequest, context) -> pb.CreateHoldResponse:
-        principal = _principal()
-        _require_service(principal, "CreateHold")
+        principal = auth.principal()
+        auth.require_service(principal, "CreateHold")
         model.check_id("hold_id", request.hold_id)
         account = model.ref_from_pb(request.account, "account")
         destination = model.ref_from_pb(request.destination, "destination")
@@ -316,12 +296,12 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
             "context_id": request.context_id,
             "ttl_seconds": request.ttl_seconds,
         }
-        hold = await self._submit(Op(_scope(principal), "HOLD", request.hold_id, fields, spec), pb.Hold)
+        hold = await self._submit(Op(principal.scope, "HOLD", request.hold_id, fields, spec), pb.Hold)
         return pb.CreateHoldResponse(hold=hold)
 
     def _resolution(self, request, capture: bool) -> Op:
-        principal = _principal()
-        _require_service(principal, "resolving a hold")
+        principal = auth.principal()
+        auth.require_service(principal, "resolving a hold")
         model.check_id("request_id", request.request_id)
         model.check_id("hold_id", request.hold_id)
         amount = request.amount if capture else 0
@@ -331,7 +311,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
             raise invalid("AMOUNT_NOT_POSITIVE", "amount must be positive (or 0 for the whole hold)", field="amount")
         fields = {"hold_id": request.hold_id, "capture": capture, "amount": amount}
         kind = "CAPTURE" if capture else "VOID"
-        return Op(_scope(principal), kind, request.request_id, fields, Resolution(request.hold_id, capture, amount))
+        return Op(principal.scope, kind, request.request_id, fields, Resolution(request.hold_id, capture, amount))
 
     async def CaptureHold(self, request: pb.CaptureHoldRequest, context) -> pb.CaptureHoldResponse:
         return await self._submit(self._resolution(request, capture=True), pb.CaptureHoldResponse)
@@ -340,16 +320,16 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         return await self._submit(self._resolution(request, capture=False), pb.VoidHoldResponse)
 
     async def GetHold(self, request: pb.GetHoldRequest, context) -> pb.GetHoldResponse:
-        principal = _principal()
-        _require_service(principal, "GetHold")
+        principal = auth.principal()
+        auth.require_service(principal, "GetHold")
         model.check_id("hold_id", request.hold_id)
-        hold = await queries.get_hold(self.engine, _scope(principal), request.hold_id)
+        hold = await queries.get_hold(self.engine, principal.scope, request.hold_id)
         if hold is None:
             raise not_found("HOLD_NOT_FOUND", f"no hold {request.hold_id!r}")
         return pb.GetHoldResponse(hold=hold)
 
     async def ExpireHolds(self, request: pb.ExpireHoldsRequest, context) -> pb.ExpireHoldsResponse:
-        _require_admin_or_service(_principal(), "ExpireHolds")
+        auth.require_privileged(auth.principal(), "ExpireHolds")
         if not 0 <= request.limit <= 10_000:
             raise invalid("INVALID_LIMIT", "limit must be 0..10000", field="limit")
         return pb.ExpireHoldsResponse(expired_count=await queries.expire_holds(self.engine, request.limit or 1000))
@@ -358,12 +338,12 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     async def GetBalance(self, request: pb.GetBalanceRequest, context) -> pb.GetBalanceResponse:
         owner_id = _owner(request.owner_id)
-        _require_reader(_principal(), owner_id)
+        _require_reader(auth.principal(), owner_id)
         return await queries.balance(self.engine, owner_id, _asset(request.asset))
 
     async def ListEntries(self, request: pb.ListEntriesRequest, context) -> pb.ListEntriesResponse:
         owner_id = _owner(request.owner_id)
-        _require_reader(_principal(), owner_id)
+        _require_reader(auth.principal(), owner_id)
         code = None
         if request.code != pb.ACCOUNT_CODE_UNSPECIFIED:
             code = model.ACCOUNT_CODES.get(request.code)
@@ -374,7 +354,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
 
     async def WatchBalance(self, request: pb.WatchBalanceRequest, context):
         owner_id = _owner(request.owner_id)
-        _require_reader(_principal(), owner_id)
+        _require_reader(auth.principal(), owner_id)
         asset = _asset(request.asset)
         event = await self.watchers.subscribe(owner_id, asset)
         try:
@@ -390,13 +370,13 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
             self.watchers.unsubscribe(owner_id, asset, event)
 
     async def Audit(self, request: pb.AuditRequest, context) -> pb.AuditResponse:
-        _require_admin_or_service(_principal(), "Audit")
+        auth.require_privileged(auth.principal(), "Audit")
         return await queries.audit(self.engine)
 
     # ---- admin --------------------------------------------------------------------------------
 
     async def AdjustBalance(self, request: pb.AdjustBalanceRequest, context) -> pb.AdjustBalanceResponse:
-        principal = _principal()
+        principal = auth.principal()
         if not principal.is_admin:
             raise denied("ADMIN_ONLY", "AdjustBalance needs the admin role")
         model.check_id("request_id", request.request_id)
@@ -415,13 +395,13 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         adjustment = Adjustment(account, request.amount, reason, principal.user or "", "ADJUSTMENT", counter, "", "")
         fields = {"account": account.as_list(), "amount": request.amount, "reason": reason}
         transfer = await self._submit(
-            Op(_scope(principal), "ADJUST", request.request_id, fields, adjustment), pb.Transfer
+            Op(principal.scope, "ADJUST", request.request_id, fields, adjustment), pb.Transfer
         )
         return pb.AdjustBalanceResponse(transfer=transfer)
 
     async def GrantPromotion(self, request: pb.GrantPromotionRequest, context) -> pb.GrantPromotionResponse:
-        principal = _principal()
-        _require_admin_or_service(principal, "GrantPromotion")
+        principal = auth.principal()
+        auth.require_privileged(principal, "GrantPromotion")
         model.check_id("request_id", request.request_id)
         owner_id = _owner(request.owner_id)
         model.check_amount(request.amount)
@@ -433,9 +413,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
             account, request.amount, "", principal.user or "", "BONUS", counter, "campaign", campaign
         )
         fields = {"owner_id": owner_id, "amount": request.amount, "campaign_id": request.campaign_id}
-        transfer = await self._submit(
-            Op(_scope(principal), "GRANT", request.request_id, fields, adjustment), pb.Transfer
-        )
+        transfer = await self._submit(Op(principal.scope, "GRANT", request.request_id, fields, adjustment), pb.Transfer)
         return pb.GrantPromotionResponse(transfer=transfer)
 
 
@@ -458,16 +436,11 @@ class Wallet:
         self._sweeper = asyncio.create_task(self._sweep(), name="wallet-hold-sweeper")
 
     async def _sweep(self) -> None:
-        interval = self.settings.wallet_hold_sweep_ms / 1000
-        while True:
-            try:
-                while await queries.expire_holds(self.engine, 1000) == 1000:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("hold sweep failed")
-            await asyncio.sleep(interval)
+        async def expire_due() -> None:
+            while await queries.expire_holds(self.engine, 1000) == 1000:
+                pass
+
+        await run_every(self.settings.wallet_hold_sweep_ms / 1000, expire_due, "hold sweep")
 
     async def stop(self) -> None:
         if self._sweeper is not None:

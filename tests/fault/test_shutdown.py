@@ -8,21 +8,16 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared.client import health_status
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 from tests.harness import Caller, free_port, migrated_engine, settings_for
 
 
 async def _wait_serving(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        for _ in range(300):
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
+    for _ in range(300):
+        if await health_status(target) == "SERVING":
+            return
+        await asyncio.sleep(0.1)
     raise AssertionError(f"{target} never became healthy")
 
 
