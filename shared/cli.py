@@ -30,6 +30,7 @@ from shared.server import run_until_signalled
 # Benchmark scenarios: name → "module:function"; the function takes the remaining argv.
 BENCHMARKS = {
     "wallet-hot": "services.wallet.bench:main",
+    "metering": "services.billing.bench:main",
 }
 
 

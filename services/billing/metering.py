@@ -22,8 +22,10 @@ once, and the next block's refusal ends the call with INSUFFICIENT_FUNDS at that
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -45,9 +47,10 @@ log = logging.getLogger(__name__)
 SCHEMA = "billing"
 MAX_GROUPS_PER_RPC = 500  # two legs each: within Wallet's 1,000 items per batch
 CHUNK = 2_000  # calls claimed per round
+ROUNDS_IN_FLIGHT = 3
 MAX_ROUNDS = 10_000
 WALLET_DEADLINE_S = 10.0
-BALANCE_READS_IN_FLIGHT = 64
+WALLET_RPCS_IN_FLIGHT = 4
 # A process starting after every replica was silent this long records an outage.
 OUTAGE_AFTER = dt.timedelta(seconds=10)
 # A PENDING intent older than this is re-driven by the sweeper.
@@ -76,8 +79,19 @@ def ts(value: dt.datetime | None) -> Timestamp | None:
     return stamp
 
 
+# Which feeds carry which events. `call:<id>` (the fan's and creator's WatchCall) carries all of them.
+# A creator's feed `creator:<id>` and a media node's `node:<node>` carry the life of each call
+# (started, paused, resumed, ended) and, for the node, the low-balance warning that precedes an
+# end; per-block charges stay on the call's own channel. At 100,000 calls a tick would otherwise
+# append three rows per block, and every round would queue on the few hot `node:` sequence rows.
+_LIFE = frozenset(
+    {pb.CALL_EVENT_TYPE_STARTED, pb.CALL_EVENT_TYPE_PAUSED, pb.CALL_EVENT_TYPE_RESUMED, pb.CALL_EVENT_TYPE_ENDED}
+)
+_NODE_FEED = _LIFE | {pb.CALL_EVENT_TYPE_LOW_BALANCE_WARNING}
+
+
 def call_events(row, event_type: int, at: dt.datetime, **fields) -> list[Event]:
-    """One CallEvent to each of the call's channels."""
+    """One CallEvent to each channel that carries it (see _LIFE)."""
     event = pb.CallEvent(
         type=event_type,
         call_id=row.call_id,
@@ -89,8 +103,10 @@ def call_events(row, event_type: int, at: dt.datetime, **fields) -> list[Event]:
     )
     payload = event.SerializeToString()
     name = pb.CallEventType.Name(event_type).removeprefix("CALL_EVENT_TYPE_")
-    channels = [f"call:{row.call_id}", f"creator:{row.creator_id}"]
-    if row.media_node:
+    channels = [f"call:{row.call_id}"]
+    if event_type in _LIFE:
+        channels.append(f"creator:{row.creator_id}")
+    if row.media_node and event_type in _NODE_FEED:
         channels.append(f"node:{row.media_node}")
     return [Event(channel, name, payload) for channel in channels]
 
@@ -99,16 +115,6 @@ def active_ms_until(row, until: dt.datetime) -> int:
     if row.status not in ("ACTIVE", "STARTING") or row.segment_started_at is None:
         return 0
     return max(0, int((until - row.segment_started_at).total_seconds() * 1000))
-
-
-END_SQL = text(
-    """
-    UPDATE billing.calls SET status = :status, end_reason = :reason, ended_at = :ended_at,
-        active_ms = active_ms + :extra_ms, next_block_at = NULL, deadline_at = NULL,
-        charging_block_no = NULL, paused_at = NULL
-    WHERE call_id = :call_id
-    """
-)
 
 
 def end_params(row, status: str, reason: str, ended_at: dt.datetime) -> dict:
@@ -121,24 +127,103 @@ def end_params(row, status: str, reason: str, ended_at: dt.datetime) -> dict:
     }
 
 
-_SETTLE_SQL = {
-    "intent": text(
-        f"UPDATE billing.charge_intents SET status = :status, failure_reason = :reason, "
-        f"settled_at = {NOW_SQL} WHERE call_id = :call_id AND block_no = :block_no"
+def _unnest(columns: dict[str, str]) -> str:
+    """`unnest(CAST(:a AS text[]), …) AS u(a, …)`: one statement writes every row (see `_columns`)."""
+    arrays = ", ".join(f"CAST(:{name} AS {kind}[])" for name, kind in columns.items())
+    return f"unnest({arrays}) AS u({', '.join(columns)})"
+
+
+def _columns(rows: Sequence[dict], columns: dict[str, str]) -> dict[str, list]:
+    return {name: [row[name] for row in rows] for name in columns}
+
+
+_INTENT_COLUMNS = {
+    "call_id": "text",
+    "block_no": "bigint",
+    "block_at": "timestamptz",
+    "tokens": "bigint",
+    "fee": "bigint",
+}
+_CLAIM_COLUMNS = {"call_id": "text", "block_no": "bigint", "block_at": "timestamptz", "forgiven": "bigint"}
+_MOVE_COLUMNS = {**_CLAIM_COLUMNS, "deadline": "timestamptz"}
+_END_COLUMNS = {"call_id": "text", "status": "text", "reason": "text", "ended_at": "timestamptz", "extra_ms": "bigint"}
+_SETTLED_COLUMNS = {"call_id": "text", "block_no": "bigint", "status": "text", "reason": "text"}
+_CHARGED_COLUMNS = {
+    "call_id": "text",
+    "status": "text",
+    "block_no": "bigint",
+    "next_block_at": "timestamptz",
+    "deadline": "timestamptz",
+    "carry": "bigint",
+    "tokens": "bigint",
+    "fee": "bigint",
+    "warn": "boolean",
+}
+
+# Set-based writes of a round and a settle: one statement per kind whatever the number of calls.
+_ROWS_SQL = {
+    "intents": (
+        _INTENT_COLUMNS,
+        text(
+            "INSERT INTO billing.charge_intents (call_id, block_no, block_at, tokens, fee_tokens, status) "
+            f"SELECT call_id, block_no, block_at, tokens, fee, 'PENDING' FROM {_unnest(_INTENT_COLUMNS)}"
+        ),
     ),
-    "end": END_SQL,
-    "release": text("UPDATE billing.calls SET charging_block_no = NULL WHERE call_id = :call_id"),
-    "charged": text(
-        """
-        UPDATE billing.calls SET status = :status, next_block_no = :block_no + 1,
-            next_block_at = :next_block_at, deadline_at = :deadline, charging_block_no = NULL,
-            carry_ms = COALESCE(CAST(:carry AS bigint), carry_ms),
-            blocks_charged = blocks_charged + 1, tokens_charged = tokens_charged + :tokens,
-            fee_tokens = fee_tokens + :fee, low_balance_warned = low_balance_warned OR :warn
-        WHERE call_id = :call_id
-        """
+    "claims": (
+        _CLAIM_COLUMNS,
+        text(
+            "UPDATE billing.calls c SET charging_block_no = u.block_no, next_block_no = u.block_no, "
+            "next_block_at = u.block_at, blocks_forgiven = c.blocks_forgiven + u.forgiven "
+            f"FROM {_unnest(_CLAIM_COLUMNS)} WHERE c.call_id = u.call_id"
+        ),
+    ),
+    "moves": (
+        _MOVE_COLUMNS,
+        text(
+            "UPDATE billing.calls c SET next_block_no = u.block_no, next_block_at = u.block_at, "
+            "deadline_at = u.deadline, blocks_forgiven = c.blocks_forgiven + u.forgiven "
+            f"FROM {_unnest(_MOVE_COLUMNS)} WHERE c.call_id = u.call_id"
+        ),
+    ),
+    "settled": (
+        _SETTLED_COLUMNS,
+        text(
+            f"UPDATE billing.charge_intents i SET status = u.status, failure_reason = u.reason, settled_at = {NOW_SQL} "
+            f"FROM {_unnest(_SETTLED_COLUMNS)} WHERE i.call_id = u.call_id AND i.block_no = u.block_no"
+        ),
+    ),
+    "ends": (
+        _END_COLUMNS,
+        text(
+            "UPDATE billing.calls c SET status = u.status, end_reason = u.reason, ended_at = u.ended_at, "
+            "active_ms = c.active_ms + u.extra_ms, next_block_at = NULL, deadline_at = NULL, "
+            "charging_block_no = NULL, paused_at = NULL "
+            f"FROM {_unnest(_END_COLUMNS)} WHERE c.call_id = u.call_id"
+        ),
+    ),
+    "releases": (
+        {"call_id": "text"},
+        text("UPDATE billing.calls SET charging_block_no = NULL WHERE call_id = ANY(CAST(:call_id AS text[]))"),
+    ),
+    "charged": (
+        _CHARGED_COLUMNS,
+        text(
+            "UPDATE billing.calls c SET status = u.status, next_block_no = u.block_no + 1, "
+            "next_block_at = u.next_block_at, deadline_at = u.deadline, charging_block_no = NULL, "
+            "carry_ms = COALESCE(u.carry, c.carry_ms), blocks_charged = c.blocks_charged + 1, "
+            "tokens_charged = c.tokens_charged + u.tokens, fee_tokens = c.fee_tokens + u.fee, "
+            "low_balance_warned = c.low_balance_warned OR u.warn "
+            f"FROM {_unnest(_CHARGED_COLUMNS)} WHERE c.call_id = u.call_id"
+        ),
     ),
 }
+
+
+async def write_rows(conn, kind: str, rows: Sequence[dict]) -> None:
+    """One set-based statement writing `rows` of `kind` (see _ROWS_SQL); nothing when empty."""
+    if rows:
+        columns, statement = _ROWS_SQL[kind]
+        await conn.execute(statement, _columns(rows, columns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +280,9 @@ class Metering:
         self.wallet = wallet  # a WalletServiceStub signed as "billing"
         self.notify = notify
         self.charged = 0
+        self.rounds_in_flight = ROUNDS_IN_FLIGHT
+        # Seconds spent per step (claim, pay, settle), summed over rounds: what a tick is made of.
+        self.seconds: collections.Counter[str] = collections.Counter()
         self._started = False
         self._start_lock = asyncio.Lock()
 
@@ -219,49 +307,35 @@ class Metering:
         response = await self._as_billing(lambda: self.wallet.GetBalance(request, timeout=WALLET_DEADLINE_S))
         return response.spendable_available
 
-    async def pay(self, charges: Sequence[Charge], read_balances: bool = True) -> list[Outcome]:
-        """Charges the blocks through Wallet; raises if Wallet could not be reached (intents stay
-        PENDING for the sweeper)."""
-        outcomes: list[Outcome] = []
-        for start in range(0, len(charges), MAX_GROUPS_PER_RPC):
-            part = charges[start : start + MAX_GROUPS_PER_RPC]
+    async def pay(self, charges: Sequence[Charge]) -> list[Outcome]:
+        """Charges the blocks through Wallet, up to MAX_GROUPS_PER_RPC blocks per BatchTransfer and
+        WALLET_RPCS_IN_FLIGHT of those at once; raises if Wallet could not be reached (the intents
+        stay PENDING for the sweeper). Each charged block's outcome carries what the fan can still
+        spend (Wallet's `debit_available_after` of the block's last leg) for the low-balance check."""
+        parts = [charges[i : i + MAX_GROUPS_PER_RPC] for i in range(0, len(charges), MAX_GROUPS_PER_RPC)]
+        gate = asyncio.Semaphore(WALLET_RPCS_IN_FLIGHT)
+
+        async def pay_part(part: Sequence[Charge]) -> list[Outcome]:
             request = wpb.BatchTransferRequest(mode=wpb.BATCH_MODE_INDEPENDENT)
-            for charge in part:
-                request.transfers.extend(transfer_specs(charge))
-            response = await self._as_billing(
-                lambda request=request: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S)
-            )
+            specs = [transfer_specs(charge) for charge in part]
+            for group in specs:
+                request.transfers.extend(group)
+            async with gate:
+                response = await self._as_billing(lambda: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S))
             by_id = {result.transfer_id: result for result in response.results}
-            for charge in part:
-                errors = [
-                    by_id[spec.transfer_id].error
-                    for spec in transfer_specs(charge)
-                    if by_id[spec.transfer_id].HasField("error")
-                ]
-                if errors:
-                    info = error_info(errors[0])
+            outcomes = []
+            for charge, group in zip(part, specs, strict=True):
+                results = [by_id[spec.transfer_id] for spec in group]
+                failed = next((r.error for r in results if r.HasField("error")), None)
+                if failed is not None:
+                    info = error_info(failed)
                     outcomes.append(Outcome(charge, False, info.reason if info else "UNKNOWN"))
                 else:
-                    outcomes.append(Outcome(charge, True, ""))
-        if read_balances:
-            outcomes = await self._with_balances(outcomes)
-        return outcomes
+                    outcomes.append(Outcome(charge, True, "", results[-1].transfer.debit_available_after))
+            return outcomes
 
-    async def _with_balances(self, outcomes: list[Outcome]) -> list[Outcome]:
-        gate = asyncio.Semaphore(BALANCE_READS_IN_FLIGHT)
-
-        async def read(outcome: Outcome) -> Outcome:
-            if not outcome.charged:
-                return outcome
-            async with gate:
-                try:
-                    left = await self.spendable(outcome.charge.fan_id)
-                except grpc.aio.AioRpcError:
-                    log.warning("balance read failed; no low-balance check this block", exc_info=True)
-                    return outcome
-            return Outcome(outcome.charge, True, "", left)
-
-        return list(await asyncio.gather(*(read(o) for o in outcomes)))
+        done = await asyncio.gather(*(pay_part(part) for part in parts))
+        return [outcome for part in done for outcome in part]
 
     # ---- settling -------------------------------------------------------------------------------
 
@@ -286,16 +360,15 @@ class Metering:
             ).all()
             pending = {(r.call_id, r.block_no): r for r in rows}
             events: list[Event] = []
-            batches: dict[str, list[dict]] = {name: [] for name in _SETTLE_SQL}
+            batches: dict[str, list[dict]] = {"settled": [], "ends": [], "releases": [], "charged": []}
             for outcome in outcomes:
                 row = pending.pop((outcome.charge.call_id, outcome.charge.block_no), None)
                 if row is None:
                     continue  # settled already (sweeper or another replica)
                 events += self._settle_one(row, outcome, now, batches)
-            # One executemany per kind of write (psycopg pipelines them), in a fixed order.
-            for name, params in batches.items():
-                if params:
-                    await conn.execute(_SETTLE_SQL[name], params)
+            # One statement per kind of write, in a fixed order.
+            for kind, rows in batches.items():
+                await write_rows(conn, kind, rows)
             await append(conn, SCHEMA, events)
         self.notify()
         return rows
@@ -303,7 +376,7 @@ class Metering:
     def _settle_one(self, row, outcome: Outcome, now: dt.datetime, batches: dict[str, list[dict]]) -> list[Event]:
         """Adds this outcome's writes to `batches` (executed set-wise by settle); answers its events."""
         charge = outcome.charge
-        batches["intent"].append(
+        batches["settled"].append(
             {
                 "status": "CHARGED" if outcome.charged else "FAILED",
                 "reason": outcome.reason or None,
@@ -313,16 +386,16 @@ class Metering:
         )
         if not outcome.charged:
             if row.status == "STARTING":
-                batches["end"].append(end_params(row, "FAILED", "START_FAILED", now))
+                batches["ends"].append(end_params(row, "FAILED", "START_FAILED", now))
                 return []
             if row.status in ("ENDED", "FAILED"):
-                batches["release"].append({"call_id": row.call_id})
+                batches["releases"].append({"call_id": row.call_id})
                 return []
             reason = "INSUFFICIENT_FUNDS" if outcome.reason == "INSUFFICIENT_FUNDS" else "CHARGE_FAILED"
             if reason == "CHARGE_FAILED":
                 log.error("wallet refused a call block", extra={"call_id": row.call_id, "reason": outcome.reason})
             ended_at = min(row.block_at, now)
-            batches["end"].append(end_params(row, "ENDED", reason, ended_at))
+            batches["ends"].append(end_params(row, "ENDED", reason, ended_at))
             return call_events(
                 row, pb.CALL_EVENT_TYPE_ENDED, ended_at, end_reason=pb.EndReason.Value(f"END_REASON_{reason}")
             )
@@ -404,12 +477,19 @@ class Metering:
         """Charges every due block and ends the calls that must end; answers blocks charged."""
         await self.ensure_started()
         before = self.charged
-        for _ in range(MAX_ROUNDS):
-            if not await self._round():
-                break
+
+        async def worker() -> None:
+            for _ in range(MAX_ROUNDS):
+                if not await self._round():
+                    break
+
+        # Rounds in flight at once: while one waits for Wallet, another claims or settles. They
+        # claim disjoint calls (SKIP LOCKED, then charging_block_no), exactly as replicas do.
+        await asyncio.gather(*(worker() for _ in range(self.rounds_in_flight)))
         return self.charged - before
 
     async def _round(self) -> int:
+        started = time.perf_counter()
         now, outage_from, resumed_at = await self._alive()
         charges: list[Charge] = []
         async with self.engine.begin() as conn:
@@ -481,43 +561,25 @@ class Metering:
                             "deadline": min(block_at, alive_until),
                         }
                     )
-            if intents:
-                await conn.execute(
-                    text(
-                        "INSERT INTO billing.charge_intents (call_id, block_no, block_at, tokens, fee_tokens, status) "
-                        "VALUES (:call_id, :block_no, :block_at, :tokens, :fee, 'PENDING')"
-                    ),
-                    intents,
-                )
-                await conn.execute(
-                    text(
-                        "UPDATE billing.calls SET charging_block_no = :block_no, next_block_no = :block_no, "
-                        "next_block_at = :block_at, blocks_forgiven = blocks_forgiven + :forgiven "
-                        "WHERE call_id = :call_id"
-                    ),
-                    claims,
-                )
-            if moves:
-                await conn.execute(
-                    text(
-                        "UPDATE billing.calls SET next_block_no = :block_no, next_block_at = :block_at, "
-                        "deadline_at = :deadline, blocks_forgiven = blocks_forgiven + :forgiven "
-                        "WHERE call_id = :call_id"
-                    ),
-                    moves,
-                )
-            if ends:
-                await conn.execute(END_SQL, ends)
+            await write_rows(conn, "intents", intents)
+            await write_rows(conn, "claims", claims)
+            await write_rows(conn, "moves", moves)
+            await write_rows(conn, "ends", ends)
             await append(conn, SCHEMA, events)
         if events:
             self.notify()
+        claimed = time.perf_counter()
+        self.seconds["claim"] += claimed - started
         if charges:
             try:
                 outcomes = await self.pay(charges)
             except grpc.aio.AioRpcError:
                 log.warning("wallet unreachable; the sweeper will re-drive these blocks", exc_info=True)
                 return len(rows)
+            paid = time.perf_counter()
+            self.seconds["pay"] += paid - claimed
             await self.settle(outcomes)
+            self.seconds["settle"] += time.perf_counter() - paid
         return len(rows)
 
     # ---- the sweeper ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.billing import metering
-from services.billing.metering import END_SQL, Charge, Metering, call_events, end_params, ts
+from services.billing.metering import Charge, Metering, call_events, end_params, ts, write_rows
 from shared import auth, client
 from shared.auth import Principal
 from shared.clock import NOW_SQL
@@ -366,7 +366,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 raise precondition("CALL_NOT_PAUSED", "only a paused call can be resumed")
             limit = row.paused_at + dt.timedelta(seconds=row.max_pause_seconds)
             if row.now >= limit:
-                await conn.execute(END_SQL, end_params(row, "ENDED", "PAUSE_TOO_LONG", limit))
+                await write_rows(conn, "ends", [end_params(row, "ENDED", "PAUSE_TOO_LONG", limit)])
                 await append(
                     conn,
                     SCHEMA,
@@ -411,7 +411,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 reason = "CREATOR_ENDED"
             else:
                 reason = "ADMIN_ENDED"
-            await conn.execute(END_SQL, end_params(row, "ENDED", reason, row.now))
+            await write_rows(conn, "ends", [end_params(row, "ENDED", reason, row.now)])
             await append(
                 conn,
                 SCHEMA,

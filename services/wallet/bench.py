@@ -27,8 +27,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +38,21 @@ from pathlib import Path
 
 import grpc
 import psutil
-import psycopg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
 
 from shared import auth, client
-from shared.config import REPO, load_settings
+from shared.bench import (
+    STARTUP_SECONDS,
+    ServiceProcess,
+    bounded,
+    cpu_seconds,
+    database,
+    percentile,
+    postgres_pids,
+    postgres_root,
+    wait_serving,
+)
+from shared.config import load_settings
 from shared.db import make_engine, migrate
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as pb_grpc
@@ -67,7 +74,6 @@ MAX_CHANNELS = 16
 # Per load process; latencies beyond this are not kept (the count still is).
 MAX_LATENCY_SAMPLES = 2_000_000
 # How long a child process may take to import and come up before the run gives up on it.
-STARTUP_SECONDS = 60.0
 # Lead between sending a phase to the load processes and its start, so all of them start together.
 PHASE_LEAD_SECONDS = 1.0
 # A process at or above this share of one core during the window is counted as CPU-bound.
@@ -437,15 +443,6 @@ async def _recv(conn: Connection, seconds: float):
     return await asyncio.get_running_loop().run_in_executor(None, wait)
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system
-    return total
-
-
 class CpuWatch:
     """CPU used during the measured window by the server, PostgreSQL and the whole machine, in cores,
     and the database's transactions per second (how many calls a transaction carried)."""
@@ -466,19 +463,11 @@ class CpuWatch:
                 text("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()")
             )
 
-    def _postgres_pids(self) -> list[int]:
-        if self.postgres_root is None:
-            return []
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(self.postgres_root)
-            return [root.pid, *(c.pid for c in root.children(recursive=True))]
-        return []
-
     def _sample(self) -> dict[str, float]:
         busy = psutil.cpu_times()
         return {
-            "server": _cpu_seconds([self.server_pid]) if self.server_pid else 0.0,
-            "postgres": _cpu_seconds(self._postgres_pids()),
+            "server": cpu_seconds([self.server_pid]) if self.server_pid else 0.0,
+            "postgres": cpu_seconds(postgres_pids(self.postgres_root)),
             "machine": sum(busy) - busy.idle - getattr(busy, "iowait", 0.0),
         }
 
@@ -494,100 +483,7 @@ class CpuWatch:
             self.transactions_per_s = (transactions_after - transactions_before) / seconds
 
 
-async def _postgres_root(engine) -> int | None:
-    """The postmaster's pid when PostgreSQL runs on this machine (its CPU is part of the picture)."""
-    async with engine.connect() as conn:
-        backend = await conn.scalar(text("SELECT pg_backend_pid()"))
-    with contextlib.suppress(psutil.Error):
-        process = psutil.Process(backend)
-        if "postgres" in process.name().lower():
-            parent = process.parent()
-            return parent.pid if parent is not None else None
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _listens(pid: int, port: int) -> bool:
-    with contextlib.suppress(psutil.Error):
-        return any(
-            c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in psutil.Process(pid).net_connections("tcp")
-        )
-    return False
-
-
-async def _wait_serving(target: str, process: subprocess.Popen, seconds: float) -> None:
-    """Waits until our process listens on the port and answers SERVING. The port was free when chosen, but
-    another program may take it before the Wallet binds it; the health answer alone could then be theirs."""
-    port = int(target.rpartition(":")[2])
-    deadline = time.monotonic() + seconds
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the Wallet process exited with {process.returncode}")
-            if not _listens(process.pid, port):
-                await asyncio.sleep(0.1)
-                continue
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"the Wallet at {target} was not serving after {seconds:.0f} s")
-
-
-class WalletProcess:
-    """`fanbank serve wallet` as its own OS process, output kept in a file shown on failure."""
-
-    def __init__(self, database_url: str, pool: int, log_dir: Path):
-        self.port = _free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self.log_path = log_dir / "wallet.log"
-        env = dict(os.environ)
-        env.update(
-            FANBANK_DATABASE_URL=database_url,
-            FANBANK_LOG_LEVEL="WARNING",
-            FANBANK_DB_POOL_SIZE=str(pool),
-            FANBANK_CLOCK="system",
-            FANBANK_SHUTDOWN_GRACE_SECONDS="2",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        )
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "shared.cli", "serve", "wallet", "--port", str(self.port)],
-                env=env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def log_tail(self, lines: int = 20) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-
-
 # ---- the run ------------------------------------------------------------------------------------
-
-
-def _percentile(sorted_values: list[float], share: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(share * len(sorted_values)))]
 
 
 def _summary(load: Load, seconds: float) -> dict:
@@ -595,8 +491,8 @@ def _summary(load: Load, seconds: float) -> dict:
     return {
         "seconds": seconds,
         "per_s": round(load.in_window / seconds, 1),
-        "p50_ms": round(_percentile(latencies, 0.50), 3),
-        "p99_ms": round(_percentile(latencies, 0.99), 3),
+        "p50_ms": round(percentile(latencies, 0.50), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
     }
 
 
@@ -774,9 +670,9 @@ class Run:
         return outcome, await _baseline_check(self.engine, self.schema, load.acknowledged, self.opts.fans)
 
     async def wallet(self, loads: LoadProcesses, log_dir: Path) -> tuple[Outcome, list[str]]:
-        wallet = WalletProcess(self.database_url, self.opts.pool, log_dir)
+        wallet = ServiceProcess("wallet", self.database_url, self.opts.pool, log_dir)
         try:
-            await _wait_serving(wallet.target, wallet.process, STARTUP_SECONDS)
+            await wait_serving(wallet.target, wallet.process)
             self.say(f"wallet process {wallet.process.pid} serving on {wallet.target}")
             async with client.channel(self.settings, wallet.target, identity=IDENTITY) as channel:
                 stub = pb_grpc.WalletServiceStub(channel)
@@ -803,7 +699,7 @@ class Run:
             async with self.engine.connect() as conn:
                 synchronous_commit = await conn.scalar(text("SHOW synchronous_commit"))
                 fsync = await conn.scalar(text("SHOW fsync"))
-            self.postgres_root = await _postgres_root(self.engine)
+            self.postgres_root = await postgres_root(self.engine)
             await _baseline_setup(self.engine, self.schema, opts.fans)
             self.say(
                 f"wallet-hot: {opts.clients} clients in {opts.load_processes} load process(es),"
@@ -862,37 +758,18 @@ class Run:
 # ---- databases ------------------------------------------------------------------------------------
 
 
-def _plain(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://", 1)
-
-
-def _with_database(url: str, name: str) -> str:
-    base, sep, query = url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{name}{sep}{query}"
-
-
-def _bounded(lo: float, hi: float, kind=int):
-    def parse(raw: str):
-        value = kind(raw)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"must be between {lo} and {hi}, got {raw}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="fanbank bench wallet-hot", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short phases (the whole run in under a minute)")
-    parser.add_argument("--clients", type=_bounded(1, MAX_CLIENTS), default=64, help="concurrent clients (64)")
-    parser.add_argument("--pool", type=_bounded(1, 200), default=8, help="database pool size of both sides (8)")
-    parser.add_argument("--seconds", type=_bounded(0.5, MAX_SECONDS, float), help="measured seconds per phase")
-    parser.add_argument("--warmup", type=_bounded(0, MAX_SECONDS, float), help="warm-up seconds before each")
-    parser.add_argument("--fans", type=_bounded(1, MAX_FANS), default=1000, help="distinct tipping fans (1000)")
+    parser.add_argument("--clients", type=bounded(1, MAX_CLIENTS), default=64, help="concurrent clients (64)")
+    parser.add_argument("--pool", type=bounded(1, 200), default=8, help="database pool size of both sides (8)")
+    parser.add_argument("--seconds", type=bounded(0.5, MAX_SECONDS, float), help="measured seconds per phase")
+    parser.add_argument("--warmup", type=bounded(0, MAX_SECONDS, float), help="warm-up seconds before each")
+    parser.add_argument("--fans", type=bounded(1, MAX_FANS), default=1000, help="distinct tipping fans (1000)")
     parser.add_argument(
-        "--load-processes", type=_bounded(1, MAX_LOAD_PROCESSES), default=1, help="load generator processes (1)"
+        "--load-processes", type=bounded(1, MAX_LOAD_PROCESSES), default=1, help="load generator processes (1)"
     )
-    parser.add_argument("--channels", type=_bounded(1, MAX_CHANNELS), default=1, help="channels per load process (1)")
+    parser.add_argument("--channels", type=bounded(1, MAX_CHANNELS), default=1, help="channels per load process (1)")
     parser.add_argument(
         "--signing",
         choices=("metadata", "interceptor"),
@@ -907,29 +784,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return opts
 
 
-@contextlib.contextmanager
-def _database(settings):
-    """The database the run works in: FANBANK_DATABASE_URL as given, else a fresh one on the embedded stack."""
-    if settings.database_url is not None:
-        yield settings.database_url
-        return
-    from shared.embedded import EmbeddedStack
-
-    with EmbeddedStack(settings.data_dir / "bench") as stack:
-        admin = _plain(stack.database_url)
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield _with_database(stack.database_url, name)
-        finally:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
-    with _database(load_settings()) as database_url:
+    with database(load_settings()) as database_url:
         result = asyncio.run(Run(opts, database_url).run())
     print(json.dumps(result), flush=True)
     return 0 if result["audit"] == "ok" else 1

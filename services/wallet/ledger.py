@@ -24,6 +24,7 @@ import functools
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -580,10 +581,10 @@ class Ledger:
         exist is refused and changes nothing. An account that an item of the same linked batch
         credits counts as existing for the others (funding then spending in one batch)."""
         refs = _refs_of(op)
-        known = set(batch.ids) | {ref for ref, creatable in refs if creatable}
-        unknown = [ref for ref, creatable in refs if ref not in known and not creatable]
+        credited = {ref for ref, creatable in refs if creatable}
+        unknown = [ref for ref, creatable in refs if not creatable and ref not in batch.ids and ref not in credited]
         if op.kind in ("TRANSFER", "BATCH"):
-            unknown = _wallet_halves_ok(unknown, known)
+            unknown = _wallet_halves_ok(unknown, lambda ref: ref in batch.ids or ref in credited)
         if unknown:
             ref = unknown[0]
             raise _Refused(
@@ -784,8 +785,13 @@ class Ledger:
             )
         for posting in postings:
             scratch.post(posting)
-        return self._transfer_pb(batch, item.transfer_id, item.debit, item.credit, item.amount, item.code,
-                                 item.context_type, item.context_id, item.counterparty_id, item.fee_bps, postings)  # fmt: skip
+        transfer = self._transfer_pb(batch, item.transfer_id, item.debit, item.credit, item.amount, item.code,
+                                     item.context_type, item.context_id, item.counterparty_id, item.fee_bps, postings)  # fmt: skip
+        if item.debit.code == model.WALLET:
+            transfer.debit_available_after = sum(scratch.available(i) for i in (promo, purchased) if i is not None)
+        else:
+            transfer.debit_available_after = scratch.available(postings[0].debit)
+        return transfer
 
     def _transfer_pb(
         self, batch, transfer_id, debit, credit, amount, code, ctype, cid, cp, fee, postings
@@ -1011,7 +1017,7 @@ def _refs_of(op: Op) -> list[tuple[Ref, bool]]:
     return refs
 
 
-def _wallet_halves_ok(unknown: list[Ref], ids: set[Ref] | dict[Ref, int]) -> list[Ref]:
+def _wallet_halves_ok(unknown: list[Ref], exists: Callable[[Ref], bool]) -> list[Ref]:
     """A USER_WALLET debit needs only one of its two accounts to exist."""
     remaining = []
     for ref in unknown:
@@ -1019,7 +1025,7 @@ def _wallet_halves_ok(unknown: list[Ref], ids: set[Ref] | dict[Ref, int]) -> lis
             other = Ref(
                 ref.owner_id, ref.asset, model.PURCHASED if ref.code == model.PROMOTIONAL else model.PROMOTIONAL
             )
-            if other in ids:
+            if exists(other):
                 continue
         remaining.append(ref)
     return remaining

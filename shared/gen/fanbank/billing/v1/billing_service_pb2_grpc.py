@@ -183,7 +183,8 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchNodeCalls(self, request, context):
-        """Every call event of one media node in one stream (the media server), resumable.
+        """The life of every call of one media node in one stream (the media server): started, paused,
+        resumed, low-balance warning, ended. Per-block charges are on WatchCall only. Resumable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

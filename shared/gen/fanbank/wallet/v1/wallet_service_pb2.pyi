@@ -181,7 +181,7 @@ class Posting(_message.Message):
     def __init__(self, debit: _Optional[_Union[AccountRef, _Mapping]] = ..., credit: _Optional[_Union[AccountRef, _Mapping]] = ..., amount: _Optional[int] = ..., funding: _Optional[_Union[Funding, str]] = ...) -> None: ...
 
 class Transfer(_message.Message):
-    __slots__ = ("transfer_id", "debit", "credit", "amount", "code", "context_type", "context_id", "counterparty_id", "fee_bps", "postings", "reversed_amount", "create_time")
+    __slots__ = ("transfer_id", "debit", "credit", "amount", "code", "context_type", "context_id", "counterparty_id", "fee_bps", "postings", "reversed_amount", "create_time", "debit_available_after")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     DEBIT_FIELD_NUMBER: _ClassVar[int]
     CREDIT_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,7 @@ class Transfer(_message.Message):
     POSTINGS_FIELD_NUMBER: _ClassVar[int]
     REVERSED_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DEBIT_AVAILABLE_AFTER_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     debit: AccountRef
     credit: AccountRef
@@ -206,7 +207,8 @@ class Transfer(_message.Message):
     postings: _containers.RepeatedCompositeFieldContainer[Posting]
     reversed_amount: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, transfer_id: _Optional[str] = ..., debit: _Optional[_Union[AccountRef, _Mapping]] = ..., credit: _Optional[_Union[AccountRef, _Mapping]] = ..., amount: _Optional[int] = ..., code: _Optional[_Union[TransferCode, str]] = ..., context_type: _Optional[str] = ..., context_id: _Optional[str] = ..., counterparty_id: _Optional[str] = ..., fee_bps: _Optional[int] = ..., postings: _Optional[_Iterable[_Union[Posting, _Mapping]]] = ..., reversed_amount: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    debit_available_after: int
+    def __init__(self, transfer_id: _Optional[str] = ..., debit: _Optional[_Union[AccountRef, _Mapping]] = ..., credit: _Optional[_Union[AccountRef, _Mapping]] = ..., amount: _Optional[int] = ..., code: _Optional[_Union[TransferCode, str]] = ..., context_type: _Optional[str] = ..., context_id: _Optional[str] = ..., counterparty_id: _Optional[str] = ..., fee_bps: _Optional[int] = ..., postings: _Optional[_Iterable[_Union[Posting, _Mapping]]] = ..., reversed_amount: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., debit_available_after: _Optional[int] = ...) -> None: ...
 
 class CreateAccountRequest(_message.Message):
     __slots__ = ("request_id", "account")

@@ -1,0 +1,373 @@
+"""`fanbank bench metering`: one metering tick over C live calls, against the seeds' per-call design.
+
+Set-up (documented bulk path, not measured): C fans, each funded through `Wallet.BatchTransfer`, and
+C creators (a creator is in one 1:1 call at a time) with an ACTIVE call each, inserted into
+`billing.calls` in one statement with block 0 due now. A first, untimed tick charges block 0 and so
+creates every creator's earnings account, as in a running system. Then block 1 is made due for every
+call (next block time and heartbeat moved to now in one UPDATE) and the measured tick runs: the
+real `Metering.tick()` — claims, PENDING intents, `Wallet.BatchTransfer` to a Wallet OS process,
+outcomes, call updates, outbox events — until nothing is due.
+
+Baseline, in the same run and database: the seeds' cron design on its own tables — one row-locked
+transaction per call (lock the call, lock the fan's and the creator's wallet rows in id order, check
+the balance, two balance UPDATEs, two log rows, UPDATE the call, COMMIT), calls one after another, on
+a sample of the calls; its rate is extrapolated to C.
+
+Checks after the tick: every call charged exactly blocks 0 and 1 (intents counted by derived id),
+Wallet's Audit clean, the creators' earnings and the fans' balances as expected. The last line is one
+JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import text
+
+from services.billing import metering
+from services.billing.metering import Metering
+from shared import client
+from shared.bench import ServiceProcess, bounded, cpu_seconds, database, postgres_pids, postgres_root
+from shared.config import load_settings
+from shared.db import make_engine, migrate
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
+from shared.presets import fee_amount, load_preset
+
+MAX_CALLS = 1_000_000
+FUND_TOKENS = 10_000
+RATE = 100  # tokens per minute: 50 per 30 s block in every preset that offers calls
+FUND_CHUNK = 1000  # BatchTransfer's item limit
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fanbank bench metering", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="20,000 calls, a smaller baseline sample (< 60 s)")
+    parser.add_argument("--calls", type=bounded(1, MAX_CALLS), help="live calls (100,000; quick 20,000)")
+    parser.add_argument("--baseline-sample", type=bounded(1, MAX_CALLS), help="calls the baseline charges")
+    parser.add_argument("--pool", type=bounded(1, 100), default=8, help="database pool of each side (8)")
+    parser.add_argument("--preset", default=None, help="preset (FANBANK_PRESET, default digis)")
+    opts = parser.parse_args(argv)
+    if opts.calls is None:
+        opts.calls = 20_000 if opts.quick else 100_000
+    if opts.baseline_sample is None:
+        opts.baseline_sample = min(opts.calls, 2_000 if opts.quick else 5_000)
+    return opts
+
+
+class Run:
+    def __init__(self, opts, database_url: str):
+        self.opts = opts
+        self.database_url = database_url
+        self.settings = load_settings()
+        self.preset = load_preset(opts.preset or self.settings.preset_name)
+        self.run_id = uuid.uuid4().hex[:8]
+        self.tokens = self.preset.calls.tokens_per_block(RATE)
+        self.fee = fee_amount(self.tokens, self.preset.fees.call_bps)
+        self.engine = make_engine(database_url, opts.pool)
+        self.started = time.monotonic()
+
+    def say(self, line: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f} s] {line}", flush=True)
+
+    def fan(self, i: int) -> str:
+        return f"bm-{self.run_id}-fan-{i}"
+
+    def creator(self, i: int) -> str:
+        return f"bm-{self.run_id}-creator-{i}"
+
+    # ---- set-up ---------------------------------------------------------------------------------
+
+    async def fund(self, wallet) -> None:
+        clearing = wpb.AccountRef(code=wpb.ACCOUNT_CODE_PROVIDER_CLEARING, asset=wpb.ASSET_TOKEN)
+        gate = asyncio.Semaphore(4)
+
+        async def chunk(first: int) -> None:
+            items = [
+                wpb.TransferSpec(
+                    transfer_id=f"bm-{self.run_id}-fund-{i}",
+                    debit=clearing,
+                    credit=wpb.AccountRef(
+                        owner_id=self.fan(i), code=wpb.ACCOUNT_CODE_USER_PURCHASED, asset=wpb.ASSET_TOKEN
+                    ),
+                    amount=FUND_TOKENS,
+                    code=wpb.TRANSFER_CODE_PURCHASE,
+                )
+                for i in range(first, min(first + FUND_CHUNK, self.opts.calls))
+            ]
+            request = wpb.BatchTransferRequest(mode=wpb.BATCH_MODE_INDEPENDENT, transfers=items)
+            async with gate:
+                response = await wallet.BatchTransfer(request, timeout=120)
+            failed = [r.transfer_id for r in response.results if r.HasField("error")]
+            if failed:
+                raise RuntimeError(f"funding failed for {len(failed)} fans, e.g. {failed[0]}")
+
+        await asyncio.gather(*(chunk(first) for first in range(0, self.opts.calls, FUND_CHUNK)))
+
+    async def insert_calls(self) -> None:
+        calls = self.preset.calls
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    f"""
+                    INSERT INTO billing.calls (call_id, request_scope, request_id, fan_id, creator_id, status,
+                        rate_tokens_per_minute, tokens_per_block, block_seconds, fee_bps, grace_seconds,
+                        max_pause_seconds, warning_blocks, media_channel, media_node, started_at,
+                        next_block_no, next_block_at, deadline_at, last_heartbeat_at, segment_started_at)
+                    SELECT 'bm-{self.run_id}-call-' || i, 'bench', 'bm-{self.run_id}-' || i,
+                        'bm-{self.run_id}-fan-' || i, 'bm-{self.run_id}-creator-' || i, 'ACTIVE',
+                        :rate, :tokens, :block, :bps, :grace, :pause, :warn,
+                        'call-bm-{self.run_id}-' || i, 'bench-node-' || (i % 8), {metering.NOW_SQL},
+                        0, {metering.NOW_SQL}, {metering.NOW_SQL}, {metering.NOW_SQL}, {metering.NOW_SQL}
+                    FROM generate_series(0, :n - 1) AS i
+                    """
+                ),
+                {
+                    "rate": RATE,
+                    "tokens": self.tokens,
+                    "block": calls.block_seconds,
+                    "bps": self.preset.fees.call_bps,
+                    "grace": calls.heartbeat_grace_seconds,
+                    "pause": calls.max_pause_seconds,
+                    "warn": calls.low_balance_warning_blocks,
+                    "n": self.opts.calls,
+                },
+            )
+
+    async def make_next_block_due(self) -> int:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                text(
+                    f"UPDATE billing.calls SET next_block_at = {metering.NOW_SQL}, deadline_at = {metering.NOW_SQL}, "
+                    f"last_heartbeat_at = {metering.NOW_SQL} "
+                    "WHERE request_scope = 'bench' AND status = 'ACTIVE' AND charging_block_no IS NULL "
+                    "AND call_id LIKE :prefix"
+                ),
+                {"prefix": f"bm-{self.run_id}-call-%"},
+            )
+        return result.rowcount
+
+    # ---- baseline -------------------------------------------------------------------------------
+
+    async def baseline(self) -> float:
+        """Blocks per second of the seeds' design, one transaction per call, on a sample."""
+        schema = f"bench_meter_baseline_{self.run_id}"
+        n = self.opts.baseline_sample
+        async with self.engine.begin() as conn:
+            await conn.execute(text(f"CREATE SCHEMA {schema}"))
+            await conn.execute(
+                text(f"CREATE TABLE {schema}.wallets (id bigserial PRIMARY KEY, user_id text UNIQUE, balance bigint)")
+            )
+            await conn.execute(
+                text(
+                    f"CREATE TABLE {schema}.calls (id text PRIMARY KEY, fan_id text, creator_id text, "
+                    "tokens_per_block bigint, blocks bigint NOT NULL DEFAULT 0, status text, next_block_at timestamptz)"
+                )
+            )
+            await conn.execute(
+                text(
+                    f"CREATE TABLE {schema}.billing_events (id bigserial PRIMARY KEY, call_id text, user_id text, "
+                    "amount bigint, kind text, created_at timestamptz DEFAULT now())"
+                )
+            )
+            await conn.execute(
+                text(
+                    f"INSERT INTO {schema}.wallets (user_id, balance) SELECT 'f' || i, :fund FROM generate_series(0, :n - 1) i "
+                    f"UNION ALL SELECT 'c' || i, 0 FROM generate_series(0, :n - 1) i"
+                ),
+                {"fund": FUND_TOKENS, "n": n},
+            )
+            await conn.execute(
+                text(
+                    f"INSERT INTO {schema}.calls SELECT 'call' || i, 'f' || i, 'c' || i, :t, 0, 'active', now() "
+                    "FROM generate_series(0, :n - 1) i"
+                ),
+                {"t": self.tokens, "n": n},
+            )
+        try:
+            started = time.perf_counter()
+            async with self.engine.connect() as conn:
+                due = (
+                    await conn.execute(
+                        text(f"SELECT id FROM {schema}.calls WHERE status = 'active' AND next_block_at <= now()")
+                    )
+                ).all()
+                await conn.rollback()
+                for (call_id,) in due:
+                    async with conn.begin():
+                        call = (
+                            await conn.execute(
+                                text(
+                                    f"SELECT fan_id, creator_id, tokens_per_block FROM {schema}.calls "
+                                    "WHERE id = :id AND status = 'active' FOR UPDATE"
+                                ),
+                                {"id": call_id},
+                            )
+                        ).one()
+                        rows = (
+                            await conn.execute(
+                                text(
+                                    f"SELECT user_id, balance FROM {schema}.wallets WHERE user_id IN (:f, :c) "
+                                    "ORDER BY id FOR UPDATE"
+                                ),
+                                {"f": call.fan_id, "c": call.creator_id},
+                            )
+                        ).all()
+                        balance = {r.user_id: r.balance for r in rows}
+                        if balance[call.fan_id] < call.tokens_per_block:
+                            await conn.execute(
+                                text(f"UPDATE {schema}.calls SET status = 'ended' WHERE id = :id"), {"id": call_id}
+                            )
+                            continue
+                        for user, signed in (
+                            (call.fan_id, -call.tokens_per_block),
+                            (call.creator_id, call.tokens_per_block),
+                        ):
+                            await conn.execute(
+                                text(f"UPDATE {schema}.wallets SET balance = balance + :a WHERE user_id = :u"),
+                                {"a": signed, "u": user},
+                            )
+                            await conn.execute(
+                                text(
+                                    f"INSERT INTO {schema}.billing_events (call_id, user_id, amount, kind) "
+                                    "VALUES (:c, :u, :a, 'call_block')"
+                                ),
+                                {"c": call_id, "u": user, "a": signed},
+                            )
+                        await conn.execute(
+                            text(
+                                f"UPDATE {schema}.calls SET blocks = blocks + 1, "
+                                "next_block_at = next_block_at + interval '30 seconds' WHERE id = :id"
+                            ),
+                            {"id": call_id},
+                        )
+            elapsed = time.perf_counter() - started
+            async with self.engine.connect() as conn:
+                charged = await conn.scalar(text(f"SELECT count(*) FROM {schema}.calls WHERE blocks = 1"))
+            if charged != n:
+                raise RuntimeError(f"baseline charged {charged} of {n} calls")
+            return n / elapsed
+        finally:
+            async with self.engine.begin() as conn:
+                await conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+
+    # ---- checks ---------------------------------------------------------------------------------
+
+    async def checks(self, wallet) -> list[str]:
+        problems = []
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) FILTER (WHERE blocks_charged = 2 AND status = 'ACTIVE') AS good, count(*) AS n "
+                        "FROM billing.calls WHERE call_id LIKE :prefix"
+                    ),
+                    {"prefix": f"bm-{self.run_id}-call-%"},
+                )
+            ).one()
+            if row.good != row.n or row.n != self.opts.calls:
+                problems.append(f"CALLS: {row.good} of {row.n} calls have exactly 2 blocks ({self.opts.calls} set up)")
+            intents = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM billing.charge_intents WHERE call_id LIKE :prefix "
+                    "AND status = 'CHARGED' AND block_no IN (0, 1)"
+                ),
+                {"prefix": f"bm-{self.run_id}-call-%"},
+            )
+            if intents != 2 * self.opts.calls:
+                problems.append(f"INTENTS: {intents} charged intents, expected {2 * self.opts.calls}")
+        audit = await wallet.Audit(wpb.AuditRequest(), timeout=600)
+        problems += [f"{v.kind}: {v.detail}" for v in audit.violations]
+        for i in sorted({0, self.opts.calls // 2, self.opts.calls - 1}):
+            fan = await wallet.GetBalance(wpb.GetBalanceRequest(owner_id=self.fan(i), asset=wpb.ASSET_TOKEN))
+            if fan.spendable_available != FUND_TOKENS - 2 * self.tokens:
+                problems.append(f"FAN_BALANCE: {self.fan(i)} has {fan.spendable_available}")
+            creator = await wallet.GetBalance(wpb.GetBalanceRequest(owner_id=self.creator(i), asset=wpb.ASSET_TOKEN))
+            earned = sum(a.posted for a in creator.accounts if a.ref.code == wpb.ACCOUNT_CODE_CREATOR_EARNINGS)
+            if earned != 2 * (self.tokens - self.fee):
+                problems.append(f"CREATOR_BALANCE: {self.creator(i)} earned {earned}")
+        return problems
+
+    # ---- the run --------------------------------------------------------------------------------
+
+    async def run(self, log_dir: Path) -> dict:
+        opts = self.opts
+        await migrate(self.engine)
+        pg_root = await postgres_root(self.engine)
+        wallet_process = ServiceProcess("wallet", self.database_url, opts.pool, log_dir)
+        channel = None
+        try:
+            await wallet_process.serving()
+            channel = client.channel(self.settings, wallet_process.target, identity="billing", deadline_seconds=600)
+            wallet = wallet_grpc.WalletServiceStub(channel)
+            self.say(f"preset {self.preset.platform.name}: {self.tokens} tokens per block, fee {self.fee}")
+            self.say(f"baseline: the seeds' design on {opts.baseline_sample} calls …")
+            baseline_per_s = await self.baseline()
+            self.say(
+                f"baseline: {baseline_per_s:,.0f} blocks/s → {opts.calls / baseline_per_s:,.1f} s for {opts.calls:,} calls"
+            )
+            self.say(f"set-up: funding {opts.calls:,} fans through Wallet …")
+            await self.fund(wallet)
+            await self.insert_calls()
+            meter = Metering(self.engine, wallet)
+            self.say("set-up: first tick (block 0 of every call, creates the creators' accounts) …")
+            warm_started = time.perf_counter()
+            warm = await meter.tick()
+            self.say(f"set-up: first tick charged {warm:,} blocks in {time.perf_counter() - warm_started:.2f} s")
+            due = await self.make_next_block_due()
+            self.say(f"measured tick: block 1 due on {due:,} calls …")
+            pids = [wallet_process.pid]
+            cpu_before = (cpu_seconds(pids), cpu_seconds([os.getpid()]), cpu_seconds(postgres_pids(pg_root)))
+            started = time.perf_counter()
+            charged = await meter.tick()
+            tick_s = time.perf_counter() - started
+            cpu_after = (cpu_seconds(pids), cpu_seconds([os.getpid()]), cpu_seconds(postgres_pids(pg_root)))
+            wallet_cpu, billing_cpu, pg_cpu = (a - b for a, b in zip(cpu_after, cpu_before, strict=True))
+            self.say(
+                f"measured tick: {charged:,} blocks in {tick_s:.2f} s = {charged / tick_s:,.0f} blocks/s "
+                f"(CPU s: billing {billing_cpu:.1f}, wallet {wallet_cpu:.1f}, postgres {pg_cpu:.1f})"
+            )
+            steps = ", ".join(f"{k} {v:.2f}" for k, v in meter.seconds.items())
+            self.say(f"measured tick: seconds summed over rounds (incl. the warm tick): {steps}")
+            self.say("checks: calls, intents, Wallet Audit, balances …")
+            problems = await self.checks(wallet)
+        except BaseException:
+            print(f"wallet output (last lines):\n{wallet_process.log_tail()}", flush=True)
+            raise
+        finally:
+            if channel is not None:
+                await channel.close()
+            wallet_process.stop()
+            await self.engine.dispose()
+        for problem in problems[:20]:
+            self.say(f"PROBLEM {problem}")
+        blocks_per_s = charged / tick_s if tick_s else 0.0
+        return {
+            "scenario": "metering",
+            "calls": opts.calls,
+            "tick_s": round(tick_s, 3),
+            "blocks_per_s": round(blocks_per_s, 1),
+            "baseline_blocks_per_s": round(baseline_per_s, 1),
+            "ratio_vs_baseline": round(blocks_per_s / baseline_per_s, 2),
+            "audit": "ok" if not problems and charged == opts.calls else "failed",
+            "charged": charged,
+            "preset": self.preset.platform.name,
+            "baseline_sample": opts.baseline_sample,
+            "cpu_s": {"billing": round(billing_cpu, 2), "wallet": round(wallet_cpu, 2), "postgres": round(pg_cpu, 2)},
+        }
+
+
+def main(argv: list[str]) -> int:
+    opts = parse_args(argv)
+    metering.LOOP_INTERVAL_S = None
+    with database(load_settings()) as database_url, tempfile.TemporaryDirectory(prefix="fanbank-bench-") as logs:
+        result = asyncio.run(Run(opts, database_url).run(Path(logs)))
+    print(json.dumps(result), flush=True)
+    return 0 if result["audit"] == "ok" else 1
