@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SERVICE_CLASSES = {
     "wallet": "services.wallet.server:Wallet",
     "billing": "services.billing.server:Billing",
+    "gifts": "services.gifts.server:Gifts",
 }
 
 

@@ -16,6 +16,7 @@ from shared.config import Settings, load_settings
 from shared.db import make_engine, migrate
 from shared.errors import error_info
 from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from shared.gen.fanbank.gifts.v1 import gifts_service_pb2_grpc as gifts_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
 from shared.host import host
 
@@ -51,6 +52,7 @@ class Caller:
         self.channel = client.channel(settings, target, identity=identity)
         self.wallet = wallet_grpc.WalletServiceStub(self.channel)
         self.billing = billing_grpc.BillingServiceStub(self.channel)
+        self.gifts = gifts_grpc.GiftsServiceStub(self.channel)
 
     async def close(self):
         await self.channel.close()

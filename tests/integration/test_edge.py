@@ -69,7 +69,28 @@ BILLING_ROUTES = {
     ("GET", "/v1/creators/{creator_id}/call-stats"),
     ("GET", "/v1/calls/{call_id}:watch"),
 }
-PINNED_ROUTES = {"fanbank.wallet.v1.WalletService": WALLET_ROUTES, "fanbank.billing.v1.BillingService": BILLING_ROUTES}
+GIFTS_ROUTES = {
+    ("POST", "/v1/gifts"),
+    ("PUT", "/v1/gifts/{gift_id}"),
+    ("POST", "/v1/gifts/{gift_id}:deactivate"),
+    ("GET", "/v1/gifts"),
+    ("POST", "/v1/tips"),
+    ("POST", "/v1/gifts/{gift_id}:send"),
+    ("POST", "/v1/like-tips"),
+    ("GET", "/v1/tips"),
+    ("GET", "/v1/creators/{creator_id}/tip-stats"),
+    ("GET", "/v1/creators/{creator_id}/leaderboard"),
+    ("PUT", "/v1/creators/{creator_id}/streams/{stream_id}/goal"),
+    ("GET", "/v1/creators/{creator_id}/streams/{stream_id}/goal"),
+    ("POST", "/v1/tips/{tip_id}:hideMessage"),
+    ("GET", "/v1/creators/{creator_id}/alerts:watch"),
+    ("POST", "/v1/creators/{creator_id}/overlay-token:rotate"),
+}
+PINNED_ROUTES = {
+    "fanbank.wallet.v1.WalletService": WALLET_ROUTES,
+    "fanbank.billing.v1.BillingService": BILLING_ROUTES,
+    "fanbank.gifts.v1.GiftsService": GIFTS_ROUTES,
+}
 THING_ROUTES = {
     ("GET", "/v1/{name=owners/*/things/*}"),
     ("GET", "/v1/things/{name}"),
@@ -246,6 +267,47 @@ SAMPLES = {
         f"/v1/creators/{SAMPLE_CREATOR}/call-stats",
         None,
     ),
+    ("POST", "/v1/gifts"): (
+        "ops-1",
+        ("admin",),
+        "/v1/gifts",
+        {
+            "requestId": "sample-gift",
+            "gift": {"name": "Rose", "priceTokens": "100", "category": "emoji", "rarity": "common"},
+        },
+    ),
+    ("GET", "/v1/gifts"): (SAMPLE_OWNER, (), "/v1/gifts?pageSize=10", None),
+    ("GET", "/v1/tips"): (SAMPLE_OWNER, (), f"/v1/tips?senderId={SAMPLE_OWNER}", None),
+    ("GET", "/v1/creators/{creator_id}/tip-stats"): (
+        SAMPLE_CREATOR,
+        ("creator",),
+        f"/v1/creators/{SAMPLE_CREATOR}/tip-stats?period=PERIOD_ISO_WEEK",
+        None,
+    ),
+    ("GET", "/v1/creators/{creator_id}/leaderboard"): (
+        SAMPLE_OWNER,
+        (),
+        f"/v1/creators/{SAMPLE_CREATOR}/leaderboard?period=PERIOD_ALL_TIME&limit=5",
+        None,
+    ),
+    ("PUT", "/v1/creators/{creator_id}/streams/{stream_id}/goal"): (
+        SAMPLE_CREATOR,
+        ("creator",),
+        f"/v1/creators/{SAMPLE_CREATOR}/streams/stream-sample/goal",
+        {"requestId": "sample-goal", "title": "New mic", "targetTokens": "500"},
+    ),
+    ("GET", "/v1/creators/{creator_id}/streams/{stream_id}/goal"): (
+        SAMPLE_OWNER,
+        (),
+        f"/v1/creators/{SAMPLE_CREATOR}/streams/stream-sample/goal",
+        None,
+    ),
+    ("POST", "/v1/creators/{creator_id}/overlay-token:rotate"): (
+        SAMPLE_CREATOR,
+        ("creator",),
+        f"/v1/creators/{SAMPLE_CREATOR}/overlay-token:rotate",
+        {"requestId": "sample-rotation"},
+    ),
 }
 # Routes whose sample reaches the backend and gets its typed refusal: proof of method, path and
 # transcoding without setting up a funded call (the Billing tests cover the flows themselves).
@@ -280,6 +342,81 @@ REFUSED_SAMPLES = {
         None,
         (404, "CALL_NOT_FOUND"),
     ),  # fmt: skip
+    # Gifts: the money RPCs are refused before any charge (the Gifts tests cover the flows), so the
+    # sample owner's balance stays what the Wallet samples made it.
+    ("PUT", "/v1/gifts/{gift_id}"): (
+        "ops-1",
+        ("admin",),
+        "/v1/gifts/no-such-gift",
+        {
+            "requestId": "sample-update",
+            "gift": {"name": "Rose", "priceTokens": "5", "category": "emoji", "rarity": "common"},
+        },
+        (404, "GIFT_NOT_FOUND"),
+    ),
+    ("POST", "/v1/gifts/{gift_id}:deactivate"): (
+        "ops-1",
+        ("admin",),
+        "/v1/gifts/no-such-gift:deactivate",
+        {"requestId": "sample-deactivate"},
+        (404, "GIFT_NOT_FOUND"),
+    ),
+    ("POST", "/v1/tips"): (
+        SAMPLE_OWNER,
+        (),
+        "/v1/tips",
+        {
+            "requestId": "sample-tip",
+            "senderId": SAMPLE_OWNER,
+            "creatorId": SAMPLE_OWNER,
+            "amountTokens": "5",
+            "contextType": "CONTEXT_TYPE_PROFILE",
+            "contextId": SAMPLE_OWNER,
+        },
+        (400, "SELF_TIP"),
+    ),
+    ("POST", "/v1/gifts/{gift_id}:send"): (
+        SAMPLE_OWNER,
+        (),
+        "/v1/gifts/no-such-gift:send",
+        {
+            "requestId": "sample-send",
+            "senderId": SAMPLE_OWNER,
+            "creatorId": SAMPLE_CREATOR,
+            "quantity": "1",
+            "priceTokens": "5",
+            "contextType": "CONTEXT_TYPE_STREAM",
+            "contextId": "stream-sample",
+        },
+        (404, "GIFT_NOT_FOUND"),
+    ),
+    ("POST", "/v1/like-tips"): (
+        SAMPLE_OWNER,
+        (),
+        "/v1/like-tips",
+        {
+            "requestId": "sample-like",
+            "senderId": SAMPLE_OWNER,
+            "creatorId": SAMPLE_CREATOR,
+            "contextType": "CONTEXT_TYPE_POST",
+            "contextId": "post-sample",
+        },
+        (400, "LIKE_TIPS_DISABLED"),  # the default preset (digis) has no paid likes
+    ),
+    ("POST", "/v1/tips/{tip_id}:hideMessage"): (
+        "ops-1",
+        ("admin",),
+        "/v1/tips/no-such-tip:hideMessage",
+        {"requestId": "sample-hide"},
+        (404, "TIP_NOT_FOUND"),
+    ),
+    ("GET", "/v1/creators/{creator_id}/alerts:watch"): (
+        SAMPLE_OWNER,
+        (),
+        f"/v1/creators/{SAMPLE_CREATOR}/alerts:watch",
+        None,
+        (403, "NOT_YOURS"),
+    ),
 }
 
 

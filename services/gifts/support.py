@@ -1,0 +1,921 @@
+"""The money path of a tip, gift or like-tip (DESIGN.md "A money operation that spans two services").
+
+Each support follows the intent pattern, in batches (group commit), so that one hot creator
+receiving thousands of tips a second costs a few transactions per batch rather than per tip:
+
+1. `lookup`: one read of business time (`fanbank_shared.now()`) and of the rows the batch's request
+   ids (and like targets) already have. A replayed request is answered from its row; a PENDING row is
+   re-driven with the same derived ids; a like on a target this fan already paid for is answered
+   with that like-tip and charges nothing.
+2. The sender's rate limit (Redis token bucket, `RateLimiter`) for the new supports only, with the
+   time read in step 1: a retry is never refused for rate.
+3. One transaction inserts the new intents (PENDING) with ON CONFLICT DO NOTHING on both unique
+   keys (the request id, and one like per (fan, target)); a lost race is answered like step 1.
+4. One `Wallet.BatchTransfer` (independent mode) in which each support is one linked group,
+   `group_id = tip:<id>` (`gift:`/`like:`): the creator leg `tip:<id>:creator` and, when the fee
+   is above 0, the fee leg `tip:<id>:fee`. A group commits or fails whole; one fan's empty wallet
+   fails only that fan's support. Gifts calls Wallet as itself ("gifts"), so the ids are scoped to
+   Gifts and never collide with a user's.
+5. `settle`: one transaction marks the intents still PENDING as COMPLETED or FAILED, adds the
+   completed ones to the leaderboards, daily totals and goals, and appends their GiftEvents to the
+   outbox (`alerts:<creator>`, and `stream_gifts:<stream>` for a stream). A settle that lost the
+   race to the sweeper or a replay finds nothing PENDING and writes nothing: one charge, one alert.
+
+Unknown outcomes: if Wallet cannot be reached (after gRPC's own retries of UNAVAILABLE) or Gifts
+fails after the Wallet call, the intents stay PENDING and the fan is answered UNAVAILABLE with
+`TIP_OUTCOME_UNKNOWN` and a RetryInfo delay. Retrying the same request id re-drives the intent
+under the same ids and answers the final outcome; the sweeper (`sweep`) re-drives whatever stays
+PENDING longer than `SWEEP_AFTER`, so the tip completes (one charge, one alert) or fails (nothing
+charged) even if the fan never retries, and `ListTips` shows which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.gifts import rules
+from shared import auth
+from shared.clock import NOW_SQL
+from shared.errors import DomainError, already_exists, error_info, precondition
+from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as epb
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
+from shared.outbox import Event, append
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "gifts"
+WALLET_DEADLINE_S = 10.0
+# Supports per batch: one BatchTransfer of at most 2 × 250 legs (Wallet takes 1,000 items).
+MAX_BATCH = 250
+MAX_GROUPS_PER_RPC = 500
+# Batches in flight at once: while one waits for Wallet the next one forms.
+BATCHES_IN_FLIGHT = 4
+# Requests waiting for a batch; beyond this the service answers UNAVAILABLE at once.
+MAX_QUEUED = 20_000
+# A PENDING intent older than this is re-driven by the sweeper (an in-flight one takes at most the
+# Wallet deadline; re-driving one still in flight would be harmless anyway).
+SWEEP_AFTER = dt.timedelta(seconds=30)
+SWEEP_CHUNK = 1_000
+# Real seconds between sweeps of the background loop; None disables it (tests sweep by hand).
+LOOP_INTERVAL_S: float | None = 5.0
+RETRY_DELAY_MS = 1_000
+SETTLE_ATTEMPTS = 3
+
+_EVENT_TYPES = {"TIP": epb.GIFT_EVENT_TYPE_TIP, "GIFT": epb.GIFT_EVENT_TYPE_GIFT, "LIKE": epb.GIFT_EVENT_TYPE_LIKE_TIP}
+
+
+def ts(value: dt.datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def outcome_unknown() -> DomainError:
+    return DomainError(
+        grpc.StatusCode.UNAVAILABLE,
+        "TIP_OUTCOME_UNKNOWN",
+        "the payment's outcome is not known yet; retry with the same request_id for the final answer",
+        retry_delay_ms=RETRY_DELAY_MS,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SoldGift:
+    gift_id: str
+    name: str
+    quantity: int
+    unit_price_tokens: int
+    image_url: str
+    animation_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A validated request for a new support; amounts already follow the preset."""
+
+    kind: str  # TIP, GIFT or LIKE
+    scope: str
+    request_id: str
+    sender_id: str
+    creator_id: str
+    display_name: str
+    amount_tokens: int
+    fee_bps: int
+    message: str
+    context_type: str
+    context_id: str
+    gift: SoldGift | None = None
+
+    @property
+    def fee_tokens(self) -> int:
+        return rules.split(self.amount_tokens, self.fee_bps)[0]
+
+    def fields(self) -> dict:
+        """What a replay of the same request id must repeat, in the order a difference is named."""
+        gift = self.gift
+        return {
+            "kind": self.kind,
+            "sender_id": self.sender_id,
+            "creator_id": self.creator_id,
+            "amount_tokens": self.amount_tokens,
+            "gift_id": gift.gift_id if gift else None,
+            "quantity": gift.quantity if gift else None,
+            "context_type": self.context_type,
+            "context_id": self.context_id,
+            "message": self.message,
+            "sender_display_name": self.display_name,
+        }
+
+
+def stored_fields(row) -> dict:
+    return {
+        "kind": row.kind,
+        "sender_id": row.sender_id,
+        "creator_id": row.creator_id,
+        "amount_tokens": row.amount_tokens,
+        "gift_id": row.gift_id,
+        "quantity": row.quantity,
+        "context_type": row.context_type,
+        "context_id": row.context_id,
+        "message": row.message,
+        "sender_display_name": row.sender_display_name,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    row: object  # the gifts.tips row
+    already_paid: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What Wallet is asked for one support (from a draft or a stored row)."""
+
+    tip_id: str
+    kind: str
+    sender_id: str
+    creator_id: str
+    amount_tokens: int
+    fee_tokens: int
+    fee_bps: int
+    context_type: str
+    context_id: str
+
+    @classmethod
+    def of_row(cls, row) -> Charge:
+        return cls(
+            row.tip_id,
+            row.kind,
+            row.sender_id,
+            row.creator_id,
+            row.amount_tokens,
+            row.fee_tokens,
+            row.fee_bps,
+            row.context_type,
+            row.context_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    charge: Charge
+    charged: bool
+    reason: str  # Wallet's ErrorInfo reason when refused
+
+
+_CODES = {"TIP": wpb.TRANSFER_CODE_TIP, "GIFT": wpb.TRANSFER_CODE_GIFT, "LIKE": wpb.TRANSFER_CODE_LIKE}
+
+
+def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
+    """The support's linked group: creator leg, and the fee leg only when the fee is above 0."""
+    group = rules.group_id(charge.kind, charge.tip_id)
+    fan = wpb.AccountRef(owner_id=charge.sender_id, code=wpb.ACCOUNT_CODE_USER_WALLET, asset=wpb.ASSET_TOKEN)
+    common = {
+        "code": _CODES[charge.kind],
+        "context_type": charge.context_type,
+        "context_id": charge.context_id,
+        "counterparty_id": charge.creator_id,
+        "fee_bps": charge.fee_bps,
+        "group_id": group,
+    }
+    creator_share = charge.amount_tokens - charge.fee_tokens
+    assert charge.amount_tokens > 0 and 0 <= charge.fee_tokens <= charge.amount_tokens
+    specs = []
+    if creator_share > 0:
+        creator = wpb.AccountRef(
+            owner_id=charge.creator_id, code=wpb.ACCOUNT_CODE_CREATOR_EARNINGS, asset=wpb.ASSET_TOKEN
+        )
+        specs.append(
+            wpb.TransferSpec(transfer_id=f"{group}:creator", debit=fan, credit=creator, amount=creator_share, **common)
+        )
+    if charge.fee_tokens > 0:
+        platform = wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PLATFORM_REVENUE, asset=wpb.ASSET_TOKEN)
+        specs.append(
+            wpb.TransferSpec(transfer_id=f"{group}:fee", debit=fan, credit=platform, amount=charge.fee_tokens, **common)
+        )
+    assert sum(s.amount for s in specs) == charge.amount_tokens, "the legs must add up to what the fan pays"
+    return specs
+
+
+# ---- the rate limit --------------------------------------------------------------------------------
+
+# A token bucket per key, in thousandths of a request so integer refills stay exact. KEYS: one bucket
+# per request (a sender may appear more than once, taken in order); ARGV: now in ms (business time,
+# passed in: Redis never reads its own clock here), rate per second, burst, key lifetime in ms.
+# Answers per request 0 (admitted) or the milliseconds until it would be.
+_BUCKET_LUA = """
+local now = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local full = tonumber(ARGV[3]) * 1000
+local ttl = tonumber(ARGV[4])
+local answers = {}
+for i, key in ipairs(KEYS) do
+  local state = redis.call('HMGET', key, 'm', 't')
+  local milli = tonumber(state[1])
+  local at = tonumber(state[2])
+  if milli == nil or at == nil then
+    milli = full
+    at = now
+  end
+  if now > at then
+    milli = math.min(full, milli + (now - at) * rate)
+    at = now
+  end
+  if milli >= 1000 then
+    milli = milli - 1000
+    answers[i] = 0
+  else
+    answers[i] = math.ceil((1000 - milli) / rate)
+  end
+  redis.call('HSET', key, 'm', milli, 't', at)
+  redis.call('PEXPIRE', key, ttl)
+end
+return answers
+"""
+MAX_KEYS_PER_CALL = MAX_BATCH
+
+
+class RateLimiter:
+    """Per-sender token bucket in Redis: `rate` supports a second, bursts of `burst`."""
+
+    def __init__(self, redis: Redis, rate_per_second: int, burst: int):
+        assert rate_per_second > 0 and burst >= rate_per_second
+        self.rate = rate_per_second
+        self.burst = burst
+        # After this long untouched a bucket is full again, so forgetting it loses nothing; kept a
+        # minute at least so a test clock that stands still does not see buckets vanish under it.
+        self.ttl_ms = max(60_000, -(-burst * 1000 // rate_per_second) * 2)
+        self.script = redis.register_script(_BUCKET_LUA)
+
+    async def admit(self, senders: Sequence[str], now: dt.datetime) -> list[int]:
+        """Per sender, in order: 0 if admitted, else the delay in ms before it would be."""
+        now_ms = int(now.timestamp() * 1000)
+        answers: list[int] = []
+        for start in range(0, len(senders), MAX_KEYS_PER_CALL):
+            keys = [f"fanbank:gifts:rate:{s}" for s in senders[start : start + MAX_KEYS_PER_CALL]]
+            answers += [int(a) for a in await self.script(keys=keys, args=[now_ms, self.rate, self.burst, self.ttl_ms])]
+        return answers
+
+
+# ---- the batch engine --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Item:
+    draft: Draft
+    future: asyncio.Future
+    tip_id: str | None = None
+    already_paid: bool = False
+
+    def resolve(self, result: Answer | BaseException) -> None:
+        if self.future.done():
+            return  # the caller went away; the outcome is stored all the same
+        if isinstance(result, BaseException):
+            self.future.set_exception(result)
+        else:
+            self.future.set_result(result)
+
+
+_INSERT_SQL = text(
+    """
+    INSERT INTO gifts.tips (tip_id, kind, status, request_scope, request_id, sender_id, creator_id,
+        sender_display_name, amount_tokens, fee_bps, fee_tokens, message, context_type, context_id,
+        gift_id, gift_name, quantity, unit_price_tokens, image_url, animation_url, created_at)
+    SELECT r.tip_id, r.kind, 'PENDING', r.request_scope, r.request_id, r.sender_id, r.creator_id,
+        r.sender_display_name, r.amount_tokens, r.fee_bps, r.fee_tokens, r.message, r.context_type,
+        r.context_id, r.gift_id, r.gift_name, r.quantity, r.unit_price_tokens, r.image_url,
+        r.animation_url, CAST(:now AS timestamptz)
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(tip_id text, kind text, request_scope text,
+        request_id text, sender_id text, creator_id text, sender_display_name text, amount_tokens bigint,
+        fee_bps integer, fee_tokens bigint, message text, context_type text, context_id text, gift_id text,
+        gift_name text, quantity bigint, unit_price_tokens bigint, image_url text, animation_url text)
+    ORDER BY r.tip_id
+    ON CONFLICT DO NOTHING
+    RETURNING tip_id
+    """
+)
+
+_LOOKUP_SQL = text(
+    f"""
+    SELECT {NOW_SQL} AS now, 'key' AS found_by, t.*
+    FROM gifts.tips t
+    JOIN unnest(CAST(:scopes AS text[]), CAST(:rids AS text[])) AS k(scope, rid)
+      ON t.request_scope = k.scope AND t.request_id = k.rid
+    UNION ALL
+    SELECT {NOW_SQL}, 'like', t.*
+    FROM gifts.tips t
+    JOIN unnest(CAST(:senders AS text[]), CAST(:ctypes AS text[]), CAST(:cids AS text[])) AS l(s, ct, ci)
+      ON t.sender_id = l.s AND t.context_type = l.ct AND t.context_id = l.ci
+    WHERE t.kind = 'LIKE' AND t.status <> 'FAILED'
+    UNION ALL
+    SELECT {NOW_SQL}, 'now', t.* FROM (SELECT 1) one LEFT JOIN gifts.tips t ON false
+    """
+)
+
+_BY_IDS_SQL = text("SELECT * FROM gifts.tips WHERE tip_id = ANY(CAST(:ids AS text[]))")
+
+
+class Payments:
+    """Drafts in, final answers out: the batched intent → Wallet → outcome pipeline."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        wallet,
+        limiter: RateLimiter,
+        notify: Callable[[], None] = lambda: None,
+    ):
+        self.engine = engine
+        self.wallet = wallet  # a WalletServiceStub signed as "gifts"
+        self.limiter = limiter
+        self.notify = notify
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=MAX_QUEUED)
+        self._workers: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._work(), name=f"gifts-payments-{i}") for i in range(BATCHES_IN_FLIGHT)
+            ]
+
+    async def stop(self) -> None:
+        workers, self._workers = self._workers, []
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        while not self._queue.empty():
+            self._queue.get_nowait().resolve(
+                DomainError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "this server is shutting down; retry")
+            )
+
+    async def submit(self, draft: Draft) -> Answer:
+        if not self._workers:
+            raise DomainError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "this server is not taking payments")
+        item = _Item(draft, asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise DomainError(
+                grpc.StatusCode.UNAVAILABLE, "OVERLOADED", "too many payments in flight; retry", retry_delay_ms=200
+            ) from None
+        # Shielded: a caller that goes away must not cancel a batch other callers share.
+        return await asyncio.shield(item.future)
+
+    async def _work(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._process(batch)
+            except asyncio.CancelledError:
+                for item in batch:
+                    item.resolve(outcome_unknown())
+                raise
+            except Exception as error:
+                log.exception("payment batch failed", extra={"supports": len(batch)})
+                for item in batch:
+                    # Once an intent exists its outcome is unknown to the caller, not an error: the
+                    # replay of the request id or the sweeper finishes it.
+                    item.resolve(outcome_unknown() if item.tip_id else error)
+
+    # ---- one batch ---------------------------------------------------------------------------------
+
+    async def _process(self, batch: list[_Item]) -> None:
+        now, drive = await self._classify(batch)
+        new = [item for item in batch if item.tip_id is None and not item.future.done()]
+        if new:
+            await self._admit_and_record(new, now, drive)
+        charges = list({c.tip_id: c for c in drive}.values())
+        if charges:
+            try:
+                outcomes = await self.pay(charges)
+            except grpc.aio.AioRpcError as error:
+                log.warning("wallet unreachable; the intents stay pending", extra={"code": error.code().name})
+                outcomes = []
+            if outcomes:
+                await self.settle(outcomes)
+        await self._answer(batch)
+
+    async def _lookup(self, items: Sequence[_Item]):
+        likes = [i.draft for i in items if i.draft.kind == "LIKE"]
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    _LOOKUP_SQL,
+                    {
+                        "scopes": [i.draft.scope for i in items],
+                        "rids": [i.draft.request_id for i in items],
+                        "senders": [d.sender_id for d in likes],
+                        "ctypes": [d.context_type for d in likes],
+                        "cids": [d.context_id for d in likes],
+                    },
+                )
+            ).all()
+        by_key = {(r.request_scope, r.request_id): r for r in rows if r.found_by == "key"}
+        by_like = {(r.sender_id, r.context_type, r.context_id): r for r in rows if r.found_by == "like"}
+        return rows[0].now, by_key, by_like
+
+    async def _classify(self, items: Sequence[_Item], drive: list[Charge] | None = None):
+        """Answers replays and already-paid likes from their rows; PENDING ones join `drive`."""
+        drive = [] if drive is None else drive
+        now, by_key, by_like = await self._lookup(items)
+        for item in items:
+            draft = item.draft
+            row = by_key.get((draft.scope, draft.request_id))
+            if row is not None:
+                changed = rules.first_difference(stored_fields(row), draft.fields())
+                if changed is not None:
+                    item.resolve(
+                        already_exists(
+                            f"ID_REUSED_{changed.upper()}",
+                            f"request_id was used for another request ({changed} differs)",
+                            field=changed,
+                        )
+                    )
+                    continue
+            elif draft.kind == "LIKE":
+                row = by_like.get((draft.sender_id, draft.context_type, draft.context_id))
+                item.already_paid = row is not None
+            if row is None:
+                continue
+            item.tip_id = row.tip_id
+            if row.status == "PENDING":
+                drive.append(Charge.of_row(row))
+        return now, drive
+
+    async def _admit_and_record(self, new: list[_Item], now: dt.datetime, drive: list[Charge]) -> None:
+        try:
+            delays = await self.limiter.admit([item.draft.sender_id for item in new], now)
+        except RedisError:
+            log.exception("rate limiter unavailable; refusing new payments")
+            for item in new:
+                item.resolve(
+                    DomainError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "RATE_LIMIT_UNAVAILABLE",
+                        "payments are paused for a moment; retry",
+                        retry_delay_ms=RETRY_DELAY_MS,
+                    )
+                )
+            return
+        admitted = []
+        for item, delay_ms in zip(new, delays, strict=True):
+            if delay_ms:
+                item.resolve(
+                    DomainError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "RATE_LIMITED",
+                        "too many tips and gifts from this sender; slow down",
+                        {"retry_after_ms": str(delay_ms)},
+                        retry_delay_ms=delay_ms,
+                    )
+                )
+            else:
+                admitted.append(item)
+        if not admitted:
+            return
+        ids = {id(item): uuid.uuid4().hex for item in admitted}
+        rows = [_intent_row(item.draft, ids[id(item)]) for item in admitted]
+        async with self.engine.begin() as conn:
+            inserted = set((await conn.execute(_INSERT_SQL, {"rows": json.dumps(rows), "now": now})).scalars())
+        lost = []
+        for item in admitted:
+            tip_id = ids[id(item)]
+            if tip_id in inserted:
+                item.tip_id = tip_id
+                drive.append(Charge(tip_id, **_charge_fields(item.draft)))
+            else:
+                lost.append(item)
+        if lost:
+            # Another request with the same id, or a like of the same target, got there first.
+            await self._classify(lost, drive)
+            for item in lost:
+                if item.tip_id is None:
+                    item.resolve(outcome_unknown())
+
+    async def _answer(self, batch: list[_Item]) -> None:
+        waiting = [item for item in batch if not item.future.done() and item.tip_id is not None]
+        if not waiting:
+            return
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(_BY_IDS_SQL, {"ids": [i.tip_id for i in waiting]})).all()
+        by_id = {r.tip_id: r for r in rows}
+        for item in waiting:
+            row = by_id[item.tip_id]
+            try:
+                item.resolve(answer_of(row, item.already_paid))
+            except DomainError as refusal:
+                item.resolve(refusal)
+
+    # ---- Wallet ---------------------------------------------------------------------------------
+
+    async def pay(self, charges: Sequence[Charge]) -> list[Outcome]:
+        """Charges through Wallet; raises AioRpcError if it could not be reached (nothing settled)."""
+        outcomes: list[Outcome] = []
+        for start in range(0, len(charges), MAX_GROUPS_PER_RPC):
+            part = charges[start : start + MAX_GROUPS_PER_RPC]
+            request = wpb.BatchTransferRequest(mode=wpb.BATCH_MODE_INDEPENDENT)
+            specs = {charge.tip_id: transfer_specs(charge) for charge in part}
+            for charge in part:
+                request.transfers.extend(specs[charge.tip_id])
+            response = await self._as_gifts(
+                lambda request=request: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S)
+            )
+            by_id = {result.transfer_id: result for result in response.results}
+            for charge in part:
+                errors = [
+                    by_id[spec.transfer_id].error
+                    for spec in specs[charge.tip_id]
+                    if by_id[spec.transfer_id].HasField("error")
+                ]
+                if errors:
+                    info = error_info(errors[0])
+                    outcomes.append(Outcome(charge, False, info.reason if info else "UNKNOWN"))
+                else:
+                    outcomes.append(Outcome(charge, True, ""))
+        return outcomes
+
+    async def _as_gifts(self, call):
+        # Gifts pays as itself, never as the user whose request it serves: the ids are Gifts'.
+        token = auth.acting_user.set(None)
+        try:
+            return await call()
+        finally:
+            auth.acting_user.reset(token)
+
+    # ---- settling -------------------------------------------------------------------------------
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> int:
+        """Applies the outcomes whose intent is still PENDING, with their events; answers how many."""
+        for attempt in range(SETTLE_ATTEMPTS):
+            try:
+                settled = await self._settle_once(outcomes)
+            except DBAPIError as error:
+                code = getattr(error.orig, "sqlstate", None)
+                if code not in ("40P01", "40001") or attempt == SETTLE_ATTEMPTS - 1:
+                    raise
+                log.warning("settle retried", extra={"sqlstate": code})
+                continue
+            if settled:
+                self.notify()
+            return settled
+        raise AssertionError("unreachable")
+
+    async def _settle_once(self, outcomes: Sequence[Outcome]) -> int:
+        async with self.engine.begin() as conn:
+            now = await conn.scalar(text(f"SELECT {NOW_SQL}"))
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT * FROM gifts.tips WHERE tip_id = ANY(CAST(:ids AS text[])) AND status = 'PENDING' "
+                        "ORDER BY tip_id FOR UPDATE"
+                    ),
+                    {"ids": sorted({o.charge.tip_id for o in outcomes})},
+                )
+            ).all()
+            pending = {r.tip_id: r for r in rows}
+            done: list[tuple[object, Outcome]] = []
+            for outcome in outcomes:
+                row = pending.pop(outcome.charge.tip_id, None)
+                if row is not None:  # else settled already (sweeper, replay or another replica)
+                    done.append((row, outcome))
+            if not done:
+                return 0
+            await conn.execute(
+                text(
+                    """
+                    UPDATE gifts.tips t SET status = r.status, failure_reason = r.reason,
+                        completed_at = CAST(:now AS timestamptz)
+                    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(tip_id text, status text, reason text)
+                    WHERE t.tip_id = r.tip_id
+                    """
+                ),
+                {
+                    "now": now,
+                    "rows": json.dumps(
+                        [
+                            {
+                                "tip_id": row.tip_id,
+                                "status": "COMPLETED" if o.charged else "FAILED",
+                                "reason": None if o.charged else _failure_reason(o.reason),
+                            }
+                            for row, o in done
+                        ]
+                    ),
+                },
+            )
+            completed = [row for row, outcome in done if outcome.charged]
+            for row, outcome in done:
+                if not outcome.charged and outcome.reason not in ("INSUFFICIENT_FUNDS", "ACCOUNT_NOT_FOUND"):
+                    log.error("wallet refused a support", extra={"tip_id": row.tip_id, "reason": outcome.reason})
+            if completed:
+                events = await self._record_completed(conn, completed, now)
+                await append(conn, SCHEMA, events)
+        return len(done)
+
+    async def _record_completed(self, conn, rows: list, now: dt.datetime) -> list[Event]:
+        """Leaderboards, daily totals and goals for completed supports; answers their events."""
+        boards: dict[tuple, list] = {}
+        totals: dict[tuple, list] = {}
+        for row in rows:
+            streams = [""] + ([row.context_id] if row.context_type == "stream" else [])
+            for stream_id in streams:
+                for period, start in rules.board_periods(row.created_at):
+                    key = (row.creator_id, stream_id, period, start.isoformat(), row.sender_id)
+                    entry = boards.setdefault(key, [0, 0, ""])
+                    entry[0] += row.amount_tokens
+                    entry[1] += 1
+                    entry[2] = row.sender_display_name
+            day = row.created_at.astimezone(dt.UTC).date().isoformat()
+            total = totals.setdefault((row.creator_id, day, row.kind, row.context_type), [0, 0, 0])
+            total[0] += 1
+            total[1] += row.amount_tokens
+            total[2] += row.fee_tokens
+        await conn.execute(
+            text(
+                """
+                INSERT INTO gifts.leaderboard AS b (creator_id, stream_id, period, period_start, sender_id,
+                    sender_display_name, amount_tokens, tip_count)
+                SELECT r.c, r.s, r.p, r.d, r.f, r.n, r.a, r.k
+                FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(c text, s text, p text, d date, f text, n text,
+                    a bigint, k bigint)
+                ORDER BY r.c, r.s, r.p, r.d, r.f
+                ON CONFLICT (creator_id, stream_id, period, period_start, sender_id) DO UPDATE SET
+                    amount_tokens = b.amount_tokens + excluded.amount_tokens,
+                    tip_count = b.tip_count + excluded.tip_count,
+                    sender_display_name = CASE WHEN excluded.sender_display_name = '' THEN b.sender_display_name
+                                               ELSE excluded.sender_display_name END
+                """
+            ),
+            {
+                "rows": json.dumps(
+                    [
+                        {"c": k[0], "s": k[1], "p": k[2], "d": k[3], "f": k[4], "n": v[2], "a": v[0], "k": v[1]}
+                        for k, v in sorted(boards.items())
+                    ]
+                )
+            },
+        )
+        await conn.execute(
+            text(
+                """
+                INSERT INTO gifts.daily_totals AS t (creator_id, day, kind, context_type, tip_count,
+                    gross_tokens, fee_tokens)
+                SELECT r.c, r.d, r.k, r.x, r.n, r.g, r.f
+                FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(c text, d date, k text, x text, n bigint,
+                    g bigint, f bigint)
+                ORDER BY r.c, r.d, r.k, r.x
+                ON CONFLICT (creator_id, day, kind, context_type) DO UPDATE SET
+                    tip_count = t.tip_count + excluded.tip_count,
+                    gross_tokens = t.gross_tokens + excluded.gross_tokens,
+                    fee_tokens = t.fee_tokens + excluded.fee_tokens
+                """
+            ),
+            {
+                "rows": json.dumps(
+                    [
+                        {"c": k[0], "d": k[1], "k": k[2], "x": k[3], "n": v[0], "g": v[1], "f": v[2]}
+                        for k, v in sorted(totals.items())
+                    ]
+                )
+            },
+        )
+        goals = await self._goals(conn, rows)
+        events: list[Event] = []
+        goal_updates: dict[str, dict] = {}
+        for row in rows:
+            event = support_event(row)
+            events += _to_channels(row, _EVENT_TYPES[row.kind], event)
+            goal = goals.get((row.creator_id, row.context_id)) if row.context_type == "stream" else None
+            if goal is None:
+                continue
+            update = goal_updates.setdefault(
+                goal.goal_id, {"goal_id": goal.goal_id, "progress": goal.progress_tokens, "reached_at": None}
+            )
+            before = update["progress"]
+            update["progress"] = before + row.amount_tokens
+            progress = epb.GiftEvent(
+                type=epb.GIFT_EVENT_TYPE_GOAL_PROGRESS,
+                support_id=row.tip_id,
+                creator_id=row.creator_id,
+                sender_id=row.sender_id,
+                sender_display_name=row.sender_display_name,
+                amount_tokens=row.amount_tokens,
+                context_type=row.context_type,
+                context_id=row.context_id,
+                goal_id=goal.goal_id,
+                goal_progress_tokens=update["progress"],
+                goal_target_tokens=goal.target_tokens,
+                event_time=ts(row.created_at),
+            )
+            events += _to_channels(row, epb.GIFT_EVENT_TYPE_GOAL_PROGRESS, progress)
+            if goal.reached_at is None and update["reached_at"] is None and update["progress"] >= goal.target_tokens:
+                update["reached_at"] = now.isoformat()
+                reached = epb.GiftEvent()
+                reached.CopyFrom(progress)
+                reached.type = epb.GIFT_EVENT_TYPE_GOAL_REACHED
+                events += _to_channels(row, epb.GIFT_EVENT_TYPE_GOAL_REACHED, reached)
+        if goal_updates:
+            await conn.execute(
+                text(
+                    """
+                    UPDATE gifts.goals g SET progress_tokens = r.progress,
+                        reached_at = COALESCE(g.reached_at, CAST(r.reached_at AS timestamptz))
+                    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(goal_id text, progress bigint, reached_at text)
+                    WHERE g.goal_id = r.goal_id
+                    """
+                ),
+                {"rows": json.dumps(list(goal_updates.values()))},
+            )
+        return events
+
+    async def _goals(self, conn, rows: list) -> dict:
+        keys = sorted({(r.creator_id, r.context_id) for r in rows if r.context_type == "stream"})
+        if not keys:
+            return {}
+        found = (
+            await conn.execute(
+                text(
+                    "SELECT * FROM gifts.goals WHERE active AND (creator_id, stream_id) IN "
+                    "(SELECT * FROM unnest(CAST(:c AS text[]), CAST(:s AS text[]))) ORDER BY goal_id FOR UPDATE"
+                ),
+                {"c": [k[0] for k in keys], "s": [k[1] for k in keys]},
+            )
+        ).all()
+        return {(g.creator_id, g.stream_id): g for g in found}
+
+    # ---- the sweeper ----------------------------------------------------------------------------
+
+    async def sweep(self, older_than: dt.timedelta = SWEEP_AFTER, limit: int = SWEEP_CHUNK) -> int:
+        """Re-drives intents left PENDING (Wallet unreachable, or a crash between Wallet and the
+        settle) under the same derived ids, so Wallet answers the original result; answers how many
+        were settled now."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT * FROM gifts.tips WHERE status = 'PENDING' "
+                        f"AND created_at <= {NOW_SQL} - CAST(:age AS interval) ORDER BY created_at LIMIT :limit"
+                    ),
+                    {"age": older_than, "limit": limit},
+                )
+            ).all()
+        if not rows:
+            return 0
+        return await self.settle(await self.pay([Charge.of_row(r) for r in rows]))
+
+    async def replayed(self, draft: Draft) -> Answer | None:
+        """The answer of an earlier request with the draft's id, or None if there was none. Outside
+        the batches: for a request the catalog would now refuse (its first answer still stands)."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text("SELECT * FROM gifts.tips WHERE request_scope = :s AND request_id = :r"),
+                    {"s": draft.scope, "r": draft.request_id},
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        changed = rules.first_difference(stored_fields(row), draft.fields())
+        if changed is not None:
+            raise already_exists(
+                f"ID_REUSED_{changed.upper()}",
+                f"request_id was used for another request ({changed} differs)",
+                field=changed,
+            )
+        if row.status == "PENDING":
+            try:
+                await self.settle(await self.pay([Charge.of_row(row)]))
+            except grpc.aio.AioRpcError:
+                raise outcome_unknown() from None
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(_BY_IDS_SQL, {"ids": [row.tip_id]})).one()
+        return answer_of(row)
+
+
+def _charge_fields(draft: Draft) -> dict:
+    return {
+        "kind": draft.kind,
+        "sender_id": draft.sender_id,
+        "creator_id": draft.creator_id,
+        "amount_tokens": draft.amount_tokens,
+        "fee_tokens": draft.fee_tokens,
+        "fee_bps": draft.fee_bps,
+        "context_type": draft.context_type,
+        "context_id": draft.context_id,
+    }
+
+
+def _intent_row(draft: Draft, tip_id: str) -> dict:
+    gift = draft.gift
+    return {
+        "tip_id": tip_id,
+        "kind": draft.kind,
+        "request_scope": draft.scope,
+        "request_id": draft.request_id,
+        "sender_id": draft.sender_id,
+        "creator_id": draft.creator_id,
+        "sender_display_name": draft.display_name,
+        "amount_tokens": draft.amount_tokens,
+        "fee_bps": draft.fee_bps,
+        "fee_tokens": draft.fee_tokens,
+        "message": draft.message,
+        "context_type": draft.context_type,
+        "context_id": draft.context_id,
+        "gift_id": gift.gift_id if gift else None,
+        "gift_name": gift.name if gift else None,
+        "quantity": gift.quantity if gift else None,
+        "unit_price_tokens": gift.unit_price_tokens if gift else None,
+        "image_url": gift.image_url if gift else None,
+        "animation_url": gift.animation_url if gift else None,
+    }
+
+
+def _failure_reason(wallet_reason: str) -> str:
+    # A fan with no wallet account at all simply has no tokens.
+    return "INSUFFICIENT_FUNDS" if wallet_reason == "ACCOUNT_NOT_FOUND" else wallet_reason
+
+
+def answer_of(row, already_paid: bool = False) -> Answer:
+    """The final answer a stored row gives (raises for a refusal or an unknown outcome)."""
+    if row.status == "COMPLETED":
+        return Answer(row, already_paid)
+    if row.status == "PENDING":
+        raise outcome_unknown()
+    if row.failure_reason == "INSUFFICIENT_FUNDS":
+        raise precondition("INSUFFICIENT_FUNDS", "the fan's balance is too low; nothing was charged", tip_id=row.tip_id)
+    raise precondition(
+        "PAYMENT_REFUSED",
+        "the payment was refused; nothing was charged",
+        tip_id=row.tip_id,
+        wallet_reason=row.failure_reason,
+    )
+
+
+def support_event(row) -> epb.GiftEvent:
+    return epb.GiftEvent(
+        type=_EVENT_TYPES[row.kind],
+        support_id=row.tip_id,
+        creator_id=row.creator_id,
+        sender_id=row.sender_id,
+        sender_display_name=row.sender_display_name,
+        amount_tokens=row.amount_tokens,
+        message="" if row.message_hidden else row.message,
+        context_type=row.context_type,
+        context_id=row.context_id,
+        gift_id=row.gift_id or "",
+        gift_name=row.gift_name or "",
+        quantity=row.quantity or 0,
+        image_url=row.image_url or "",
+        animation_url=row.animation_url or "",
+        event_time=ts(row.created_at),
+    )
+
+
+def _to_channels(row, event_type: int, event: epb.GiftEvent) -> list[Event]:
+    """One event on the creator's alerts channel and, for a stream, on the stream's gift channel.
+    (`creator:` belongs to Billing and `stream:` to Streams: a channel has exactly one writer schema.)"""
+    payload = event.SerializeToString()
+    name = epb.GiftEventType.Name(event_type).removeprefix("GIFT_EVENT_TYPE_")
+    channels = [f"alerts:{row.creator_id}"]
+    if row.context_type == "stream":
+        channels.append(f"stream_gifts:{row.context_id}")
+    return [Event(channel, name, payload) for channel in channels]
