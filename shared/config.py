@@ -110,6 +110,15 @@ class Settings:
     jwt_roles_claim: str
     cors_origins: tuple[str, ...]
     edge_max_body_bytes: int
+    # Every gRPC server: RPCs in progress at once (live watches included; beyond it new calls get
+    # RESOURCE_EXHAUSTED) and calls the server core may queue before the application takes them
+    # (grpc's default of 1,000 would cancel a reconnect storm of thousands of watchers).
+    grpc_max_concurrent_rpcs: int = 20_000
+    grpc_max_pending_requests: int = 20_000
+    # Streams: live WatchStream feeds per process (beyond it: RESOURCE_EXHAUSTED TOO_MANY_SUBSCRIBERS)
+    # and each feed's queue of undelivered events per channel (full: the watcher is dropped).
+    streams_max_watchers: int = 10_000
+    streams_watch_queue: int = 256
 
     def key_for(self, caller: str) -> bytes:
         try:
@@ -160,4 +169,8 @@ def load_settings() -> Settings:
         jwt_roles_claim=_env("FANBANK_JWT_ROLES_CLAIM", "roles"),
         cors_origins=_csv("FANBANK_CORS_ORIGINS", ()),
         edge_max_body_bytes=_int("FANBANK_EDGE_MAX_BODY_BYTES", 64 * 1024, 1024, 4 * 1024 * 1024),
+        grpc_max_concurrent_rpcs=_int("FANBANK_GRPC_MAX_CONCURRENT_RPCS", 20_000, 10, 1_000_000),
+        grpc_max_pending_requests=_int("FANBANK_GRPC_MAX_PENDING_REQUESTS", 20_000, 100, 1_000_000),
+        streams_max_watchers=_int("FANBANK_STREAMS_MAX_WATCHERS", 10_000, 1, 500_000),
+        streams_watch_queue=_int("FANBANK_STREAMS_WATCH_QUEUE", 256, 100, 100_000),
     )

@@ -25,6 +25,7 @@ SERVICE_CLASSES = {
     "wallet": "services.wallet.server:Wallet",
     "billing": "services.billing.server:Billing",
     "gifts": "services.gifts.server:Gifts",
+    "streams": "services.streams.server:Streams",
 }
 
 

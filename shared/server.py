@@ -173,8 +173,10 @@ async def start_server(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.server.max_pending_requests", settings.grpc_max_pending_requests),
             *extra_options,
         ],
+        maximum_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
     )
     registrations = list(registrations)
     instrument = Instrument(settings)

@@ -30,9 +30,25 @@ fell behind the stream's MAXLEN trimming, or the stream has a hole), it fills th
 forward those bytes (or build its response once per `Delivery`, which all local watchers share)
 rather than serialize per watcher.
 
-Bounds: subscribers per process (RESOURCE_EXHAUSTED TOO_MANY_SUBSCRIBERS), queue size per subscriber
-(at least read_count), replay page size, entries per channel per XREAD, XREAD block time (below the
-Redis client's socket timeout: redis-py 8 defaults to 5 s), token length.
+Several channels as one feed (`Hub.subscribe_many`, e.g. a stream's own events and the gifts sent
+in it, which two services write to two channels: a channel has exactly one owning outbox). It is one
+`Subscription` per channel, each with everything above (its own bounded queue, replay, gap filling,
+drop when slow), read round-robin by one consumer, which a shared wake-up event parks when all are
+empty. There is no order between channels, only within each. Its resume token is the position in
+every channel: urlsafe base64 of `m1|<channel>=<seq>|<channel>=<seq>...`, channels in the order
+subscribed, seq 0 for "nothing seen from this channel yet"; it is checked like a single-channel token
+(canonical spelling, the very same channels) and resuming replays each channel after its position.
+A child that is dropped or fails ends the whole feed with its error.
+
+Replay from the outbox needs that channel's owning schema. A Hub serving channels of another
+service's outbox (`replay_kinds` names the channel kinds its loader owns) replays those from Redis
+only: a position Redis no longer holds is RESUME_TOKEN_TOO_OLD, and a position of 0 on a channel
+Redis has never held means there is nothing to replay.
+
+Bounds: subscribers per process (RESOURCE_EXHAUSTED TOO_MANY_SUBSCRIBERS; a multi-channel feed takes
+one per channel), queue size per subscriber (at least read_count), replay page size, entries per
+channel per XREAD, XREAD block time (below the Redis client's socket timeout: redis-py 8 defaults to
+5 s), token length, channels per feed.
 """
 
 from __future__ import annotations
@@ -44,6 +60,7 @@ import collections
 import contextlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
 
@@ -56,7 +73,10 @@ from shared.outbox import FIELD_PAYLOAD, FIELD_TYPE, ReplayLoader, check_channel
 log = logging.getLogger(__name__)
 
 _TOKEN_VERSION = "v1"
+_MULTI_TOKEN_VERSION = "m1"
 MAX_TOKEN_CHARS = 400
+MAX_CHANNELS_PER_FEED = 4
+MAX_MULTI_TOKEN_CHARS = 1_200
 _MAX_SEQ = 2**63 - 1
 
 
@@ -86,18 +106,53 @@ def parse_token(token: str, channel: str) -> int:
     return seq
 
 
+def make_multi_token(channels: Sequence[str], seqs: Sequence[int]) -> str:
+    """The resume token of a multi-channel feed: the position (last seq delivered, 0 for none) in
+    each of its channels, in subscription order."""
+    assert len(channels) == len(seqs)
+    raw = "|".join([_MULTI_TOKEN_VERSION, *(f"{c}={s}" for c, s in zip(channels, seqs, strict=True))])
+    return base64.urlsafe_b64encode(raw.encode()).rstrip(b"=").decode("ascii")
+
+
+def parse_multi_token(token: str, channels: Sequence[str]) -> list[int]:
+    """The positions a multi-channel token names; INVALID_RESUME_TOKEN unless it is a canonical
+    token of exactly these channels in this order."""
+    if not isinstance(token, str) or not token or len(token) > MAX_MULTI_TOKEN_CHARS:
+        raise invalid("INVALID_RESUME_TOKEN", "resume token is malformed")
+    try:
+        raw = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise invalid("INVALID_RESUME_TOKEN", "resume token is malformed") from None
+    version, *parts = raw.split("|")
+    if version != _MULTI_TOKEN_VERSION or not parts:
+        raise invalid("INVALID_RESUME_TOKEN", "resume token is malformed")
+    named, seqs = [], []
+    for part in parts:
+        channel, sep, seq_text = part.rpartition("=")
+        if not sep or not seq_text.isdigit() or len(seq_text) > 19 or int(seq_text) > _MAX_SEQ:
+            raise invalid("INVALID_RESUME_TOKEN", "resume token is malformed")
+        named.append(channel)
+        seqs.append(int(seq_text))
+    if make_multi_token(named, seqs) != token:
+        raise invalid("INVALID_RESUME_TOKEN", "resume token is malformed")
+    if named != list(channels):
+        raise invalid("INVALID_RESUME_TOKEN", "resume token was issued for other channels")
+    return seqs
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     seq: int
     token: str
     event_type: str
     payload: bytes
+    channel: str = ""
 
 
 def _delivery(channel: str, seq: int, event_type: str | bytes, payload: bytes) -> Delivery:
     if isinstance(event_type, bytes):
         event_type = event_type.decode()
-    return Delivery(seq, make_token(channel, seq), event_type, payload)
+    return Delivery(seq, make_token(channel, seq), event_type, payload, channel)
 
 
 def _too_old(channel: str, after: int) -> DomainError:
@@ -182,8 +237,13 @@ class _Replay:
         return None
 
     async def _from_outbox(self) -> list[Delivery]:
-        loader = self.hub.replay_loader
+        loader = self.hub.loader_for(self.channel)
         if loader is None:
+            if self.after == 0:
+                # Redis has never held this channel (a position of 0 comes only from a
+                # multi-channel token): nothing was missed.
+                self.done = True
+                return []
             raise _too_old(self.channel, self.after)
         page = await loader(self.channel, self.after, self.hub.replay_page)
         if not page.events:
@@ -233,6 +293,9 @@ class Subscription:
         self._replay: _Replay | None = None
         self._error: DomainError | None = None
         self._closed = False
+        # Set when something arrives (or the subscription ends): a multi-channel feed's consumer
+        # waits on one event for all its channels.
+        self._wake: asyncio.Event | None = None
 
     @property
     def closed(self) -> bool:
@@ -245,6 +308,8 @@ class Subscription:
             # Wakes a consumer waiting in another task (a full queue means nobody waits).
             with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(_END)
+            if self._wake is not None:
+                self._wake.set()
 
     async def __aenter__(self) -> Self:
         return self
@@ -256,6 +321,22 @@ class Subscription:
         return self
 
     async def __anext__(self) -> Delivery:
+        delivery = await self._step(block=True)
+        assert delivery is not None
+        return delivery
+
+    def _ready(self) -> bool:
+        """Whether `_step(block=False)` would answer something or raise, rather than None."""
+        return (
+            self._error is not None
+            or self._closed
+            or bool(self._pending)
+            or self._replay is not None
+            or not self._queue.empty()
+        )
+
+    async def _step(self, block: bool) -> Delivery | None:
+        """The next delivery; with block=False, None instead of waiting for a live entry."""
         while True:
             if self._error is not None:
                 error, self._error = self._error, None
@@ -269,6 +350,8 @@ class Subscription:
                 await self._replay_more()
                 continue
             else:
+                if not block and self._queue.empty():
+                    return None
                 item = await self._queue.get()
                 if isinstance(item, _Closed):
                     continue  # the error check above or the closed check handles it
@@ -303,6 +386,8 @@ class Subscription:
             self._queue.put_nowait(delivery)
         except asyncio.QueueFull:
             return False
+        if self._wake is not None:
+            self._wake.set()
         return True
 
     def _fail(self, error: DomainError | None) -> None:
@@ -314,6 +399,86 @@ class Subscription:
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(_END)
+        if self._wake is not None:
+            self._wake.set()
+
+
+@dataclass(frozen=True, slots=True)
+class MultiDelivery:
+    """One entry of a multi-channel feed: the channel's own `Delivery` (shared by every local
+    watcher) and this feed's position in each channel right after it."""
+
+    delivery: Delivery
+    channels: tuple[str, ...]
+    positions: tuple[int, ...]
+
+    @property
+    def channel(self) -> str:
+        return self.delivery.channel
+
+    @property
+    def token(self) -> str:
+        return make_multi_token(self.channels, self.positions)
+
+
+class MultiSubscription:
+    """Several channels as one feed (see the module doc); an async iterator of `MultiDelivery` and
+    an async context manager. Channels are served round-robin, so a busy one cannot starve another."""
+
+    def __init__(self, channels: tuple[str, ...], children: list[Subscription]):
+        self.channels = channels
+        self._children = children
+        self._wake = asyncio.Event()
+        self._next = 0
+        for child in children:
+            child._wake = self._wake
+
+    @property
+    def positions(self) -> tuple[int, ...]:
+        return tuple(child.last_seq for child in self._children)
+
+    @property
+    def token(self) -> str:
+        """Where this feed is now: resuming from it misses nothing delivered after."""
+        return make_multi_token(self.channels, self.positions)
+
+    @property
+    def closed(self) -> bool:
+        return any(child.closed for child in self._children)
+
+    def close(self) -> None:
+        for child in self._children:
+            child.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> MultiDelivery:
+        children = self._children
+        count = len(children)
+        while True:
+            for offset in range(count):
+                index = (self._next + offset) % count
+                try:
+                    delivery = await children[index]._step(block=False)
+                except BaseException:
+                    # One channel dropped, failed or closed: the feed ends with it.
+                    self.close()
+                    raise
+                if delivery is not None:
+                    self._next = (index + 1) % count
+                    return MultiDelivery(delivery, self.channels, self.positions)
+            self._wake.clear()
+            # Nothing can arrive between this check and the wait: no await in between.
+            if any(child._ready() for child in children):
+                continue
+            await self._wake.wait()
 
 
 class Hub:
@@ -324,6 +489,7 @@ class Hub:
         redis: Redis,
         *,
         replay_loader: ReplayLoader | None = None,
+        replay_kinds: frozenset[str] | None = None,
         max_subscribers: int = 10_000,
         queue_size: int = 256,
         replay_page: int = 500,
@@ -343,6 +509,8 @@ class Hub:
             raise ValueError(f"block_ms={block_ms} needs a Redis socket_timeout above {block_ms / 1000 + 1} s")
         self.redis = redis
         self.replay_loader = replay_loader
+        # Channel kinds (`<kind>:<id>`) the loader's outbox owns; None: every channel.
+        self.replay_kinds = replay_kinds
         self.max_subscribers = max_subscribers
         self.queue_size = queue_size
         self.replay_page = replay_page
@@ -397,17 +565,28 @@ class Hub:
         except Exception:
             log.warning("could not delete the hub wake key", exc_info=True)
 
-    async def subscribe(self, channel: str, resume_token: str | None = None) -> Subscription:
-        """Live entries of `channel` from now, or everything after `resume_token`. Raises at once
-        for a bad or too old token and when the process has too many subscribers."""
+    def loader_for(self, channel: str) -> ReplayLoader | None:
+        """The outbox loader that can replay `channel`, if this Hub has one for its kind."""
+        if self.replay_loader is None:
+            return None
+        if self.replay_kinds is not None and channel.partition(":")[0] not in self.replay_kinds:
+            return None
+        return self.replay_loader
+
+    def _check_open(self) -> None:
         if self._closed:
             raise DomainError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "this server is shutting down")
+
+    @staticmethod
+    def _check_channel(channel: str) -> None:
         try:
             check_channel(channel)
         except ValueError:
             raise invalid("INVALID_CHANNEL", "channel name is malformed") from None
-        after = parse_token(resume_token, channel) if resume_token is not None else None
-        if self._count >= self.max_subscribers:
+
+    def _reserve(self, slots: int) -> None:
+        """Takes subscriber slots before any await, so concurrent subscribes respect the bound."""
+        if self._count + slots > self.max_subscribers:
             raise DomainError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "TOO_MANY_SUBSCRIBERS",
@@ -415,8 +594,44 @@ class Hub:
                 retry_delay_ms=1_000,
             )
         self.start()
-        # Reserved before any await, so concurrent subscribes respect the bound.
-        self._count += 1
+        self._count += slots
+
+    async def subscribe(self, channel: str, resume_token: str | None = None) -> Subscription:
+        """Live entries of `channel` from now, or everything after `resume_token`. Raises at once
+        for a bad or too old token and when the process has too many subscribers."""
+        self._check_open()
+        self._check_channel(channel)
+        after = parse_token(resume_token, channel) if resume_token is not None else None
+        self._reserve(1)
+        return await self._subscribe_reserved(channel, after)
+
+    async def subscribe_many(self, channels: Sequence[str], resume_token: str | None = None) -> MultiSubscription:
+        """Live entries of every channel in `channels` from now, or everything after a multi-channel
+        `resume_token`, as one feed. Raises at once like `subscribe`; takes one slot per channel."""
+        self._check_open()
+        channels = tuple(channels)
+        if not 1 <= len(channels) <= MAX_CHANNELS_PER_FEED or len(set(channels)) != len(channels):
+            raise invalid("INVALID_CHANNEL", f"a feed names 1..{MAX_CHANNELS_PER_FEED} distinct channels")
+        for channel in channels:
+            self._check_channel(channel)
+        afters: list[int | None] = (
+            list(parse_multi_token(resume_token, channels)) if resume_token is not None else [None] * len(channels)
+        )
+        self._reserve(len(channels))
+        children: list[Subscription] = []
+        try:
+            for channel, after in zip(channels, afters, strict=True):
+                # Each call owns one reserved slot from here on, and frees it if it fails.
+                children.append(await self._subscribe_reserved(channel, after))
+        except BaseException:
+            for child in children:
+                child.close()
+            self._count -= len(channels) - len(children) - 1
+            raise
+        return MultiSubscription(channels, children)
+
+    async def _subscribe_reserved(self, channel: str, after: int | None) -> Subscription:
+        """Subscribes with a slot already reserved; on failure the slot is given back."""
         sub: Subscription | None = None
         try:
             state = self._channels.get(channel)
@@ -454,9 +669,10 @@ class Hub:
         top = _top_seq(await self.redis.xrevrange(channel, "+", "-", count=1))
         if top is not None:
             return top
-        if self.replay_loader is not None:
+        loader = self.loader_for(channel)
+        if loader is not None:
             # Stream missing (never published, expired or lost): the outbox knows the last seq.
-            return (await self.replay_loader(channel, 0, 0)).last_seq
+            return (await loader(channel, 0, 0)).last_seq
         return 0
 
     async def _wake_reader(self, channel: str) -> None:

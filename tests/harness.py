@@ -17,6 +17,7 @@ from shared.db import make_engine, migrate
 from shared.errors import error_info
 from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2_grpc as gifts_grpc
+from shared.gen.fanbank.streams.v1 import streams_service_pb2_grpc as streams_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
 from shared.host import host
 
@@ -53,6 +54,7 @@ class Caller:
         self.wallet = wallet_grpc.WalletServiceStub(self.channel)
         self.billing = billing_grpc.BillingServiceStub(self.channel)
         self.gifts = gifts_grpc.GiftsServiceStub(self.channel)
+        self.streams = streams_grpc.StreamsServiceStub(self.channel)
 
     async def close(self):
         await self.channel.close()

@@ -86,10 +86,26 @@ GIFTS_ROUTES = {
     ("GET", "/v1/creators/{creator_id}/alerts:watch"),
     ("POST", "/v1/creators/{creator_id}/overlay-token:rotate"),
 }
+STREAMS_ROUTES = {
+    ("POST", "/v1/streams"),
+    ("GET", "/v1/streams/{stream_id}"),
+    ("GET", "/v1/creators/{creator_id}/streams"),
+    ("POST", "/v1/streams/{stream_id}:start"),
+    ("POST", "/v1/streams/{stream_id}:end"),
+    ("POST", "/v1/streams/{stream_id}:cancel"),
+    ("POST", "/v1/streams/{stream_id}/invites:update"),
+    ("GET", "/v1/streams/{stream_id}/invites"),
+    ("POST", "/v1/streams/{stream_id}/tickets"),
+    ("GET", "/v1/streams/{stream_id}/access"),
+    ("POST", "/v1/streams/{stream_id}:join"),
+    ("POST", "/v1/streams/{stream_id}:leave"),
+    ("GET", "/v1/streams/{stream_id}:watch"),
+}
 PINNED_ROUTES = {
     "fanbank.wallet.v1.WalletService": WALLET_ROUTES,
     "fanbank.billing.v1.BillingService": BILLING_ROUTES,
     "fanbank.gifts.v1.GiftsService": GIFTS_ROUTES,
+    "fanbank.streams.v1.StreamsService": STREAMS_ROUTES,
 }
 THING_ROUTES = {
     ("GET", "/v1/{name=owners/*/things/*}"),
@@ -308,6 +324,18 @@ SAMPLES = {
         f"/v1/creators/{SAMPLE_CREATOR}/overlay-token:rotate",
         {"requestId": "sample-rotation"},
     ),
+    ("POST", "/v1/streams"): (
+        SAMPLE_CREATOR,
+        ("creator",),
+        "/v1/streams",
+        {"requestId": "sample-stream", "creatorId": SAMPLE_CREATOR, "title": "Hello", "kind": "STREAM_KIND_PUBLIC"},
+    ),
+    ("GET", "/v1/creators/{creator_id}/streams"): (
+        SAMPLE_OWNER,
+        (),
+        f"/v1/creators/{SAMPLE_CREATOR}/streams?status=STREAM_STATUS_SCHEDULED&pageSize=5",
+        None,
+    ),
 }
 # Routes whose sample reaches the backend and gets its typed refusal: proof of method, path and
 # transcoding without setting up a funded call (the Billing tests cover the flows themselves).
@@ -416,6 +444,52 @@ REFUSED_SAMPLES = {
         f"/v1/creators/{SAMPLE_CREATOR}/alerts:watch",
         None,
         (403, "NOT_YOURS"),
+    ),
+    # Streams: ids are the server's, so the samples name an unknown stream (test_streams.py covers
+    # the flows); the creator's own calls are refused as unknown, a fan's purchase likewise.
+    **{
+        ("POST", f"/v1/streams/{{stream_id}}:{verb}"): (
+            SAMPLE_CREATOR,
+            ("creator",),
+            f"/v1/streams/no-such-stream:{verb}",
+            {"requestId": f"sample-{verb}"},
+            (404, "STREAM_NOT_FOUND"),
+        )  # fmt: skip
+        for verb in ("start", "end", "cancel")
+    },
+    **{
+        ("POST", f"/v1/streams/{{stream_id}}:{verb}"): (
+            SAMPLE_OWNER,
+            (),
+            f"/v1/streams/no-such-stream:{verb}",
+            {"requestId": f"sample-{verb}", "userId": SAMPLE_OWNER},
+            (404, "STREAM_NOT_FOUND"),
+        )  # fmt: skip
+        for verb in ("join", "leave")
+    },
+    **{
+        ("GET", f"/v1/streams/{{stream_id}}{suffix}"): (
+            SAMPLE_OWNER,
+            (),
+            f"/v1/streams/no-such-stream{suffix}{query}",
+            None,
+            (404, "STREAM_NOT_FOUND"),
+        )  # fmt: skip
+        for suffix, query in (("", ""), ("/invites", ""), ("/access", f"?userId={SAMPLE_OWNER}"), (":watch", ""))
+    },
+    ("POST", "/v1/streams/{stream_id}/invites:update"): (
+        SAMPLE_CREATOR,
+        ("creator",),
+        "/v1/streams/no-such-stream/invites:update",
+        {"requestId": "sample-invites", "addUserIds": [SAMPLE_OWNER]},
+        (404, "STREAM_NOT_FOUND"),
+    ),
+    ("POST", "/v1/streams/{stream_id}/tickets"): (
+        SAMPLE_OWNER,
+        (),
+        "/v1/streams/no-such-stream/tickets",
+        {"requestId": "sample-ticket", "fanId": SAMPLE_OWNER, "priceTokens": "500"},
+        (404, "STREAM_NOT_FOUND"),
     ),
 }
 
