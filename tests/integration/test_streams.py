@@ -847,3 +847,49 @@ async def test_unknown_wallet_outcome_answers_retryable_and_the_replay_the_outco
     assert await spendable(env, fan) == 750
     assert await tickets.sweep(dt.timedelta(0)) == 0
     await audit_ok(env)
+
+
+async def test_refund_wallet_refuses_is_recorded_not_retried_forever(env):
+    creator, fan = uid("creator"), uid("fan")
+    await fund(env, fan, 100)
+    stream = await create(env.streams, creator, price=100)
+    await buy(env.streams, stream, fan)
+    # The creator's earnings leave before the cancellation (a payout).
+    await env.wallet.Transfer(
+        wpb.TransferRequest(
+            transfer=wpb.TransferSpec(
+                transfer_id=uid("payout"),
+                debit=wpb.AccountRef(owner_id=creator, code=wpb.ACCOUNT_CODE_CREATOR_EARNINGS, asset=wpb.ASSET_TOKEN),
+                credit=wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PAYOUT_CLEARING, asset=wpb.ASSET_TOKEN),
+                amount=100,
+                code=wpb.TRANSFER_CODE_PAYOUT,
+            )
+        )
+    )
+    cancelled = await env.streams.CancelStream(spb.CancelStreamRequest(request_id=uid("c"), stream_id=stream.stream_id))
+    assert (cancelled.tickets_refunded, cancelled.refunds_pending, cancelled.refunds_failed) == (0, 0, 1)
+    access = await env.streams.CheckAccess(spb.CheckAccessRequest(stream_id=stream.stream_id, user_id=fan))
+    assert access.ticket.status == spb.TICKET_STATUS_REFUND_FAILED
+    assert access.ticket.refund_failure_reason == "INSUFFICIENT_FUNDS"
+    assert await spendable(env, fan) == 0
+    await audit_ok(env)
+
+
+async def test_two_processes_serve_one_streams_watchers(env):
+    stream = await create(env.streams, uid("creator"), kind=spb.STREAM_KIND_PUBLIC, price=0)
+    sid = stream.stream_id
+    async with running("streams", env.settings, env.engine) as (target, _):
+        other = Caller(env.settings, target)
+        try:
+            watchers = [
+                asyncio.create_task(watch(env, sid, 11, stub=stub, within=WAIT))
+                for stub in (env.streams, other.streams)
+            ]
+            await start(env, stream)
+            for i in range(10):
+                await gift(env, sid, f"both-{i}")
+            for task in watchers:
+                got = [label(m) for m in await task]
+                assert sorted(got) == sorted(["started", *(f"gift:both-{i}" for i in range(10))])
+        finally:
+            await other.close()
