@@ -100,6 +100,16 @@ class Settings:
     wallet_batch_max: int
     wallet_committers: int
     wallet_hold_sweep_ms: int
+    # Services' background work (Billing's metering tick, every intent sweeper) runs this often;
+    # 0 runs none of it (tests drive it by hand on the controlled clock).
+    background_ms: int
+    # An intent left PENDING this long (a crash between the Wallet call and the outcome) is re-driven.
+    sweep_after_seconds: int
+    # Billing's metering: calls claimed per round, rounds in flight at once per process, and how long
+    # every replica must have been silent before a process starting up records a Billing outage.
+    billing_claim_chunk: int
+    billing_rounds_in_flight: int
+    billing_outage_after_seconds: int
     # The edge: users' bearer JWTs (HS256 with jwt_secret, or RS256 with jwt_public_key: PEM text or
     # @path), which claim carries the roles, browser origins allowed by CORS, request body bound.
     jwt_algorithm: str
@@ -161,6 +171,11 @@ def load_settings() -> Settings:
         wallet_batch_max=_int("FANBANK_WALLET_BATCH_MAX", 500, 1, 5000),
         wallet_committers=_int("FANBANK_WALLET_COMMITTERS", 1, 1, 64),
         wallet_hold_sweep_ms=_int("FANBANK_WALLET_HOLD_SWEEP_MS", 1000, 10, 3_600_000),
+        background_ms=_int("FANBANK_BACKGROUND_MS", 1000, 0, 3_600_000),
+        sweep_after_seconds=_int("FANBANK_SWEEP_AFTER_SECONDS", 60, 1, 86_400),
+        billing_claim_chunk=_int("FANBANK_BILLING_CLAIM_CHUNK", 2000, 1, 100_000),
+        billing_rounds_in_flight=_int("FANBANK_BILLING_ROUNDS_IN_FLIGHT", 3, 1, 64),
+        billing_outage_after_seconds=_int("FANBANK_BILLING_OUTAGE_AFTER_SECONDS", 10, 1, 3600),
         jwt_algorithm=jwt_algorithm,
         jwt_secret=_env("FANBANK_JWT_SECRET", DEV_JWT_SECRET),
         jwt_public_key=_env("FANBANK_JWT_PUBLIC_KEY"),

@@ -12,6 +12,7 @@ import re
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 DOMAIN = "fanbank.dev"
 _REASON = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -72,6 +73,13 @@ def error_info(status: status_pb2.Status) -> error_details_pb2.ErrorInfo | None:
             detail.Unpack(info)
             return info
     return None
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason of a failed call ('' when it carries none)."""
+    status = rpc_status.from_call(error)
+    info = error_info(status) if status else None
+    return info.reason if info else ""
 
 
 def invalid(reason: str, message: str, **metadata: str) -> DomainError:

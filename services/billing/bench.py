@@ -316,7 +316,7 @@ class Run:
             self.say(f"set-up: funding {opts.calls:,} fans through Wallet …")
             await self.fund(wallet)
             await self.insert_calls()
-            meter = Metering(self.engine, wallet)
+            meter = Metering(self.engine, wallet, self.settings)
             self.say("set-up: first tick (block 0 of every call, creates the creators' accounts) …")
             warm_started = time.perf_counter()
             warm = await meter.tick()
@@ -366,7 +366,6 @@ class Run:
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
-    metering.LOOP_INTERVAL_S = None
     with database(load_settings()) as database_url, tempfile.TemporaryDirectory(prefix="fanbank-bench-") as logs:
         result = asyncio.run(Run(opts, database_url).run(Path(logs)))
     print(json.dumps(result), flush=True)

@@ -65,6 +65,27 @@ def _require_party(principal: Principal, row) -> None:
         raise denied("NOT_YOUR_CALL", "only the call's fan or creator may do this")
 
 
+def _starting(call_id: str) -> DomainError:
+    return DomainError(
+        grpc.StatusCode.UNAVAILABLE,
+        "CALL_STARTING",
+        "the first block's charge has no answer yet; retry with the same request_id",
+        {"call_id": call_id},
+        retry_delay_ms=1000,
+    )
+
+
+def _raise_start_failed(row) -> None:
+    if row.end_reason == "START_ABANDONED":
+        raise DomainError(
+            grpc.StatusCode.ABORTED,
+            "CALL_START_ABANDONED",
+            "the start was not confirmed in time; the call was cancelled and any charge refunded",
+            {"call_id": row.call_id},
+        )
+    raise precondition("INSUFFICIENT_FUNDS", "the first block could not be paid", call_id=row.call_id)
+
+
 def call_pb(row) -> pb.Call:
     ended = row.status in ("ENDED", "FAILED")
     active_ms = row.active_ms
@@ -195,19 +216,17 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         ):
             raise DomainError(grpc.StatusCode.ALREADY_EXISTS, "ID_REUSED", "request_id was used for another call")
         if row.status == "FAILED":
-            raise precondition("INSUFFICIENT_FUNDS", "the first block could not be paid", call_id=row.call_id)
+            _raise_start_failed(row)
         if row.status == "STARTING":
             if settle_pending:
-                # The first block is still in flight (or was left by a crash): finish it now; the
-                # derived id makes this safe even while the original request is still running.
-                await self.meter.sweep(dt.timedelta(0))
+                # The first block's outcome is unknown (Wallet was unreachable, or the original
+                # request is still running): finish it now. The derived id makes this safe.
+                try:
+                    await self.meter.finish_start(row.call_id)
+                except grpc.aio.AioRpcError:
+                    raise _starting(row.call_id) from None
                 return await self._replayed(scope, request, settle_pending=False)
-            raise DomainError(
-                grpc.StatusCode.UNAVAILABLE,
-                "CALL_STARTING",
-                "the first block is being charged; retry",
-                retry_delay_ms=500,
-            )
+            raise _starting(row.call_id)
         return pb.StartCallResponse(call=call_pb(row))
 
     async def StartCall(self, request, context):
@@ -293,10 +312,20 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 return replay
             raise
         charge = Charge(call_id, fan_id, creator_id, 0, tokens, fee, self.preset.fees.call_bps)
-        await self.meter.settle(await self.meter.pay([charge]))
+        try:
+            outcomes = await self.meter.pay([charge])
+        except grpc.aio.AioRpcError:
+            # Unknown outcome: Wallet may or may not have charged. The call stays STARTING; a retry
+            # with the same request_id settles it (and answers the call); without one the sweeper
+            # abandons it and refunds a charge, so the fan never pays for a call they were not given.
+            log.warning("wallet unreachable during StartCall", extra={"call_id": call_id}, exc_info=True)
+            raise _starting(call_id) from None
+        await self.meter.settle(outcomes, confirming=call_id)
         row = await self._call(call_id)
         if row.status == "FAILED":
-            raise precondition("INSUFFICIENT_FUNDS", "the first block could not be paid", call_id=call_id)
+            _raise_start_failed(row)
+        if row.status == "STARTING":  # settled meanwhile by a replay of this request
+            return await self._replayed(scope, request, settle_pending=False)
         return pb.StartCallResponse(call=call_pb(row))
 
     # ---- media server ---------------------------------------------------------------------------
@@ -527,7 +556,7 @@ class Billing:
         self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
         self.relay = Relay(engine, self.redis, SCHEMA) if self.redis is not None else None
         self.hub = Hub(self.redis, replay_loader=replay_loader(engine, SCHEMA)) if self.redis is not None else None
-        self.metering = Metering(engine, wallet_grpc.WalletServiceStub(self.wallet_channel), self._notify)
+        self.metering = Metering(engine, wallet_grpc.WalletServiceStub(self.wallet_channel), settings, self._notify)
         self.servicer = BillingServicer(engine, self.preset, self.metering, self.hub, self._notify)
         self._loop: asyncio.Task | None = None
 
@@ -545,15 +574,14 @@ class Billing:
 
     async def _run(self) -> None:
         await self.metering.ensure_started()
-        interval = metering.LOOP_INTERVAL_S
-        if interval is None:
-            return
+        if not self.settings.background_ms:
+            return  # FANBANK_BACKGROUND_MS=0: ticks are driven by hand (tests)
 
         async def tick_and_sweep() -> None:
             await self.metering.tick()
             await self.metering.sweep()
 
-        await run_every(interval, tick_and_sweep, "metering tick")
+        await run_every(self.settings.background_ms / 1000, tick_and_sweep, "metering tick")
 
     async def stop(self) -> None:
         if self._loop is not None:

@@ -13,15 +13,11 @@ import grpc
 import pytest
 from sqlalchemy import text
 
-from services.billing import metering
 from shared.clock import ControlledClock
 from shared.db import make_engine
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as bpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from tests.harness import Caller, as_user, migrated_engine, reason_of, running, settings_for
-
-# Tests tick by hand: a background loop would race them for the due rows.
-metering.LOOP_INTERVAL_S = None
 
 T0 = dt.datetime(2032, 3, 1, tzinfo=dt.UTC)
 BLOCK = dt.timedelta(seconds=30)
@@ -42,7 +38,8 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(database_url, redis_url):
     stack = AsyncExitStack()
-    base = settings_for(database_url, redis_url)
+    # Tests tick by hand (background_ms=0): a background loop would race them for the due rows.
+    base = settings_for(database_url, redis_url, background_ms=0)
     engine = await migrated_engine(base, pool_size=20)
     clock = ControlledClock(engine)
     await clock.set(T0)
@@ -316,8 +313,87 @@ async def test_sweeper_finishes_a_block_left_pending(env):
     await audit_ok(env)
 
 
-async def _crash(outcomes):
+async def _crash(outcomes, confirming=None):
     raise RuntimeError("process killed")
+
+
+def _wallet_down() -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "down")
+
+
+async def test_start_call_with_an_unknown_outcome_is_settled_by_the_retry(env):
+    fan, c = uid("fan"), await creator(env)
+    await fund(env, fan, 1000)
+    meter = env.service.metering
+    pay = meter.pay
+
+    async def charged_but_answer_lost(charges):
+        await pay(charges)
+        raise _wallet_down()
+
+    request_id = uid("start")
+    meter.pay = charged_but_answer_lost
+    try:
+        code, reason = await refused(start(env, fan, c, request_id=request_id))
+    finally:
+        meter.pay = pay
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "CALL_STARTING")
+    assert (await balance(env, fan)).spendable_available == 950  # Wallet did charge
+    # The fan's app retries with the same request id: the call is answered, charged once.
+    call = await start(env, fan, c, request_id=request_id)
+    assert call.status == bpb.CALL_STATUS_ACTIVE and call.blocks_charged == 1
+    assert (await start(env, fan, c, request_id=request_id)).call_id == call.call_id
+    await meter.sweep(dt.timedelta(0))  # nothing left for the sweeper
+    assert (await get(env, call.call_id)).status == bpb.CALL_STATUS_ACTIVE
+    assert (await balance(env, fan)).spendable_available == 950
+    await env.billing.EndCall(bpb.EndCallRequest(request_id=uid("e"), call_id=call.call_id))
+    await audit_ok(env)
+
+
+@pytest.mark.parametrize("wallet_charged", [True, False])
+async def test_an_unconfirmed_start_is_abandoned_and_refunded(env, wallet_charged):
+    fan, c = uid("fan"), await creator(env)
+    await fund(env, fan, 1000)
+    meter = env.service.metering
+    pay = meter.pay
+
+    async def lost(charges):
+        if wallet_charged:
+            await pay(charges)
+        raise _wallet_down()
+
+    request_id = uid("start")
+    meter.pay = lost
+    try:
+        code, reason = await refused(start(env, fan, c, request_id=request_id))
+    finally:
+        meter.pay = pay
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "CALL_STARTING")
+    # The fan gave up. The sweeper finds the PENDING first block; it never starts the call.
+    await env.clock.advance(dt.timedelta(minutes=2))
+    await meter.sweep()
+    async with env.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT call_id, status, end_reason, refund_state FROM billing.calls WHERE request_id = :r"),
+                {"r": request_id},
+            )
+        ).one()
+    assert (row.status, row.end_reason) == ("FAILED", "START_ABANDONED")
+    # Whether or not the lost attempt reached Wallet, the re-drive (same derived id) is what tells:
+    # it charges at most once, and the abandoned start's charge is refunded.
+    assert row.refund_state == "DONE"
+    assert (await balance(env, fan)).spendable_available == 1000  # whole again
+    assert (await balance(env, c)).spendable_available == 0
+    # A late retry is told the truth, and a new call can start.
+    code, reason = await refused(start(env, fan, c, request_id=request_id))
+    assert (code, reason) == (grpc.StatusCode.ABORTED, "CALL_START_ABANDONED")
+    call = await start(env, fan, c)
+    assert call.status == bpb.CALL_STATUS_ACTIVE
+    await env.billing.EndCall(bpb.EndCallRequest(request_id=uid("e"), call_id=call.call_id))
+    await meter.sweep()  # the refund is not repeated
+    assert (await balance(env, fan)).spendable_available == 950
+    await audit_ok(env)
 
 
 async def test_watch_call_in_order_and_resumes(env):
@@ -359,9 +435,7 @@ def _first_token(call_id: str) -> str:
     return make_token(f"call:{call_id}", 1)
 
 
-async def test_two_replicas_charge_every_block_once(env, database_url, monkeypatch):
-    # Small claims, so the two replicas interleave rounds rather than one taking everything.
-    monkeypatch.setattr(metering, "CHUNK", 25)
+async def test_two_replicas_charge_every_block_once(env, database_url):
     work = [0, 0]
     calls_n, blocks = 200, 4
     c = await creator(env)
@@ -377,7 +451,10 @@ async def test_two_replicas_charge_every_block_once(env, database_url, monkeypat
     ids = [k.call_id for k in calls]
     other_engine = make_engine(database_url, 8)
     try:
-        async with running("billing", env.settings, other_engine) as (_, second):
+        # Small claims, so the two replicas interleave rounds rather than one taking everything.
+        small = dataclasses.replace(env.settings, billing_claim_chunk=25)
+        async with running("billing", small, other_engine) as (_, second):
+            env.service.metering.claim_chunk = 25
             for _ in range(blocks):
                 await env.clock.advance(BLOCK)
                 await beat_all_impl(env, ids)
@@ -385,6 +462,7 @@ async def test_two_replicas_charge_every_block_once(env, database_url, monkeypat
                 assert sum(charged) == calls_n
                 work = [w + n for w, n in zip(work, charged, strict=True)]
     finally:
+        env.service.metering.claim_chunk = env.settings.billing_claim_chunk
         await other_engine.dispose()
     assert all(work), work  # both replicas did part of the work
     async with env.engine.connect() as conn:

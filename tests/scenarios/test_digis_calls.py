@@ -10,14 +10,11 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from services.billing import metering
 from shared.clock import ControlledClock
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as bpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from shared.watch import make_token
 from tests.harness import Caller, migrated_engine, reason_of, running, settings_for
-
-metering.LOOP_INTERVAL_S = None  # the test ticks by hand
 
 T0 = dt.datetime(2033, 6, 1, tzinfo=dt.UTC)
 
@@ -26,7 +23,7 @@ T0 = dt.datetime(2033, 6, 1, tzinfo=dt.UTC)
 async def world(database_url, redis_url):
     """Wallet plus one Billing per preset (digis, streamit) on one database."""
     stack = AsyncExitStack()
-    base = settings_for(database_url, redis_url)
+    base = settings_for(database_url, redis_url, background_ms=0)  # the test ticks by hand
     engine = await migrated_engine(base, pool_size=12)
     clock = ControlledClock(engine)
     await clock.set(T0)

@@ -31,6 +31,8 @@ class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     END_REASON_PAUSE_TOO_LONG: _ClassVar[EndReason]
     END_REASON_START_FAILED: _ClassVar[EndReason]
     END_REASON_CHARGE_FAILED: _ClassVar[EndReason]
+    END_REASON_START_ABANDONED: _ClassVar[EndReason]
+    END_REASON_ROOM_CLOSED: _ClassVar[EndReason]
 
 class CallEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -56,6 +58,8 @@ END_REASON_HEARTBEAT_LOST: EndReason
 END_REASON_PAUSE_TOO_LONG: EndReason
 END_REASON_START_FAILED: EndReason
 END_REASON_CHARGE_FAILED: EndReason
+END_REASON_START_ABANDONED: EndReason
+END_REASON_ROOM_CLOSED: EndReason
 CALL_EVENT_TYPE_UNSPECIFIED: CallEventType
 CALL_EVENT_TYPE_STARTED: CallEventType
 CALL_EVENT_TYPE_BLOCK_CHARGED: CallEventType
