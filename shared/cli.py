@@ -31,6 +31,7 @@ from shared.server import run_until_signalled
 BENCHMARKS = {
     "wallet-hot": "services.wallet.bench:main",
     "metering": "services.billing.bench:main",
+    "tips": "services.gifts.bench:main",
 }
 
 

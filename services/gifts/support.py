@@ -63,7 +63,7 @@ WALLET_DEADLINE_S = 10.0
 MAX_BATCH = 250
 MAX_GROUPS_PER_RPC = 500
 # Batches in flight at once: while one waits for Wallet the next one forms.
-BATCHES_IN_FLIGHT = 4
+BATCHES_IN_FLIGHT = 1
 # Requests waiting for a batch; beyond this the service answers UNAVAILABLE at once.
 MAX_QUEUED = 20_000
 # A PENDING intent older than this is re-driven by the sweeper (an in-flight one takes at most the
@@ -303,6 +303,7 @@ class _Item:
     future: asyncio.Future
     tip_id: str | None = None
     already_paid: bool = False
+    row: object = None  # the latest stored row known for tip_id
 
     def resolve(self, result: Answer | BaseException) -> None:
         if self.future.done():
@@ -313,43 +314,103 @@ class _Item:
             self.future.set_result(result)
 
 
+class _RateLimiterDown(Exception):
+    """Rolls back a batch's new intents: without the limiter nothing new is taken."""
+
+
 _INSERT_SQL = text(
-    """
+    f"""
     INSERT INTO gifts.tips (tip_id, kind, status, request_scope, request_id, sender_id, creator_id,
         sender_display_name, amount_tokens, fee_bps, fee_tokens, message, context_type, context_id,
         gift_id, gift_name, quantity, unit_price_tokens, image_url, animation_url, created_at)
     SELECT r.tip_id, r.kind, 'PENDING', r.request_scope, r.request_id, r.sender_id, r.creator_id,
         r.sender_display_name, r.amount_tokens, r.fee_bps, r.fee_tokens, r.message, r.context_type,
         r.context_id, r.gift_id, r.gift_name, r.quantity, r.unit_price_tokens, r.image_url,
-        r.animation_url, CAST(:now AS timestamptz)
+        r.animation_url, {NOW_SQL}
     FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(tip_id text, kind text, request_scope text,
         request_id text, sender_id text, creator_id text, sender_display_name text, amount_tokens bigint,
         fee_bps integer, fee_tokens bigint, message text, context_type text, context_id text, gift_id text,
         gift_name text, quantity bigint, unit_price_tokens bigint, image_url text, animation_url text)
     ORDER BY r.tip_id
     ON CONFLICT DO NOTHING
-    RETURNING tip_id
+    RETURNING tip_id, created_at
     """
 )
 
 _LOOKUP_SQL = text(
-    f"""
-    SELECT {NOW_SQL} AS now, 'key' AS found_by, t.*
+    """
+    SELECT 'key' AS found_by, t.*
     FROM gifts.tips t
     JOIN unnest(CAST(:scopes AS text[]), CAST(:rids AS text[])) AS k(scope, rid)
       ON t.request_scope = k.scope AND t.request_id = k.rid
     UNION ALL
-    SELECT {NOW_SQL}, 'like', t.*
+    SELECT 'like', t.*
     FROM gifts.tips t
     JOIN unnest(CAST(:senders AS text[]), CAST(:ctypes AS text[]), CAST(:cids AS text[])) AS l(s, ct, ci)
       ON t.sender_id = l.s AND t.context_type = l.ct AND t.context_id = l.ci
     WHERE t.kind = 'LIKE' AND t.status <> 'FAILED'
-    UNION ALL
-    SELECT {NOW_SQL}, 'now', t.* FROM (SELECT 1) one LEFT JOIN gifts.tips t ON false
     """
 )
 
 _BY_IDS_SQL = text("SELECT * FROM gifts.tips WHERE tip_id = ANY(CAST(:ids AS text[]))")
+
+# Settle, statement 1: claims the intents still PENDING (locked in id order, so two settlers of
+# overlapping sets cannot deadlock), writes their outcome, answers the rows as they now are.
+# Wallet is the truth about money: a charge also claims an intent recorded FAILED. That happens only
+# after a refusal Wallet does not record (ACCOUNT_NOT_FOUND: the fan had never held tokens) when a
+# re-drive of the same ids, racing the first, found the fan funded: the tip then did happen.
+_CLAIM_SQL = text(
+    f"""
+    WITH outcome AS (
+        SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(tip_id text, status text, reason text)
+    ), claimed AS (
+        SELECT t.tip_id FROM gifts.tips t JOIN outcome o USING (tip_id)
+        WHERE t.status = 'PENDING' OR (t.status = 'FAILED' AND o.status = 'COMPLETED')
+        ORDER BY t.tip_id FOR UPDATE OF t
+    )
+    UPDATE gifts.tips t SET status = o.status, failure_reason = o.reason, completed_at = {NOW_SQL}
+    FROM claimed c JOIN outcome o USING (tip_id)
+    WHERE t.tip_id = c.tip_id
+    RETURNING t.*
+    """
+)
+
+# Settle, statement 2, for the completed ones: leaderboards and daily totals (rows in key order), and
+# each touched goal's progress, answered as it is after the batch.
+_RECORD_SQL = text(
+    f"""
+    WITH boards AS (
+        INSERT INTO gifts.leaderboard AS b (creator_id, stream_id, period, period_start, sender_id,
+            sender_display_name, amount_tokens, tip_count)
+        SELECT r.c, r.s, r.p, r.d, r.f, r.n, r.a, r.k
+        FROM jsonb_to_recordset(CAST(:boards AS jsonb)) AS r(c text, s text, p text, d date, f text, n text,
+            a bigint, k bigint)
+        ORDER BY r.c, r.s, r.p, r.d, r.f
+        ON CONFLICT (creator_id, stream_id, period, period_start, sender_id) DO UPDATE SET
+            amount_tokens = b.amount_tokens + excluded.amount_tokens,
+            tip_count = b.tip_count + excluded.tip_count,
+            sender_display_name = CASE WHEN excluded.sender_display_name = '' THEN b.sender_display_name
+                                       ELSE excluded.sender_display_name END
+    ), totals AS (
+        INSERT INTO gifts.daily_totals AS t (creator_id, day, kind, context_type, tip_count, gross_tokens,
+            fee_tokens)
+        SELECT r.c, r.d, r.k, r.x, r.n, r.g, r.f
+        FROM jsonb_to_recordset(CAST(:totals AS jsonb)) AS r(c text, d date, k text, x text, n bigint,
+            g bigint, f bigint)
+        ORDER BY r.c, r.d, r.k, r.x
+        ON CONFLICT (creator_id, day, kind, context_type) DO UPDATE SET
+            tip_count = t.tip_count + excluded.tip_count,
+            gross_tokens = t.gross_tokens + excluded.gross_tokens,
+            fee_tokens = t.fee_tokens + excluded.fee_tokens
+    )
+    UPDATE gifts.goals g SET progress_tokens = g.progress_tokens + d.delta,
+        reached_at = CASE WHEN g.reached_at IS NULL AND g.progress_tokens + d.delta >= g.target_tokens
+                          THEN {NOW_SQL} ELSE g.reached_at END
+    FROM jsonb_to_recordset(CAST(:goals AS jsonb)) AS d(c text, s text, delta bigint)
+    WHERE g.active AND g.creator_id = d.c AND g.stream_id = d.s
+    RETURNING g.goal_id, g.creator_id, g.stream_id, g.progress_tokens, g.target_tokens
+    """
+)
 
 
 class Payments:
@@ -419,22 +480,84 @@ class Payments:
     # ---- one batch ---------------------------------------------------------------------------------
 
     async def _process(self, batch: list[_Item]) -> None:
-        now, drive = await self._classify(batch)
-        new = [item for item in batch if item.tip_id is None and not item.future.done()]
-        if new:
-            await self._admit_and_record(new, now, drive)
-        charges = list({c.tip_id: c for c in drive}.values())
-        if charges:
+        drive: dict[str, Charge] = {}
+        await self._record(batch, drive)
+        if drive:
             try:
-                outcomes = await self.pay(charges)
+                outcomes = await self.pay(list(drive.values()))
             except grpc.aio.AioRpcError as error:
                 log.warning("wallet unreachable; the intents stay pending", extra={"code": error.code().name})
                 outcomes = []
             if outcomes:
-                await self.settle(outcomes)
+                settled = await self.settle(outcomes)
+                for item in batch:
+                    if item.tip_id in settled:
+                        item.row = settled[item.tip_id]
         await self._answer(batch)
 
-    async def _lookup(self, items: Sequence[_Item]):
+    async def _record(self, batch: list[_Item], drive: dict[str, Charge]) -> None:
+        """Inserts the new intents and applies the senders' rate limit in one transaction (a refused
+        intent is deleted before the commit: nobody ever sees it); requests that collide with an
+        existing row (a replay, a like already paid) are answered from that row."""
+        ids = {id(item): uuid.uuid4().hex for item in batch}
+        rows = [_intent_row(item.draft, ids[id(item)]) for item in batch]
+        delays: dict[str, int] = {}
+        try:
+            async with self.engine.begin() as conn:
+                inserted = {r.tip_id: r for r in await conn.execute(_INSERT_SQL, {"rows": json.dumps(rows)})}
+                new = [item for item in batch if ids[id(item)] in inserted]
+                if new:
+                    now = inserted[ids[id(new[0])]].created_at
+                    try:
+                        answers = await self.limiter.admit([item.draft.sender_id for item in new], now)
+                    except RedisError as error:
+                        raise _RateLimiterDown from error
+                    delays = {ids[id(item)]: delay for item, delay in zip(new, answers, strict=True) if delay}
+                    if delays:
+                        await conn.execute(
+                            text("DELETE FROM gifts.tips WHERE tip_id = ANY(CAST(:ids AS text[]))"),
+                            {"ids": sorted(delays)},
+                        )
+        except _RateLimiterDown:
+            log.exception("rate limiter unavailable; refusing new payments")
+            for item in batch:
+                item.resolve(
+                    DomainError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "RATE_LIMIT_UNAVAILABLE",
+                        "payments are paused for a moment; retry",
+                        retry_delay_ms=RETRY_DELAY_MS,
+                    )
+                )
+            return
+        lost = []
+        for item in batch:
+            tip_id = ids[id(item)]
+            if tip_id not in inserted:
+                lost.append(item)
+            elif tip_id in delays:
+                item.resolve(
+                    DomainError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        "RATE_LIMITED",
+                        "too many tips and gifts from this sender; slow down",
+                        {"retry_after_ms": str(delays[tip_id])},
+                        retry_delay_ms=delays[tip_id],
+                    )
+                )
+            else:
+                item.tip_id = tip_id
+                drive[tip_id] = Charge(tip_id, **_charge_fields(item.draft))
+        if lost:
+            await self._classify(lost, drive)
+            for item in lost:
+                if item.tip_id is None:
+                    # The row it collided with is gone from view (a like refused meanwhile): the
+                    # client's retry makes a new attempt.
+                    item.resolve(outcome_unknown())
+
+    async def _classify(self, items: Sequence[_Item], drive: dict[str, Charge]) -> None:
+        """Answers replays and already-paid likes from their rows; PENDING ones join `drive`."""
         likes = [i.draft for i in items if i.draft.kind == "LIKE"]
         async with self.engine.connect() as conn:
             rows = (
@@ -451,12 +574,6 @@ class Payments:
             ).all()
         by_key = {(r.request_scope, r.request_id): r for r in rows if r.found_by == "key"}
         by_like = {(r.sender_id, r.context_type, r.context_id): r for r in rows if r.found_by == "like"}
-        return rows[0].now, by_key, by_like
-
-    async def _classify(self, items: Sequence[_Item], drive: list[Charge] | None = None):
-        """Answers replays and already-paid likes from their rows; PENDING ones join `drive`."""
-        drive = [] if drive is None else drive
-        now, by_key, by_like = await self._lookup(items)
         for item in items:
             draft = item.draft
             row = by_key.get((draft.scope, draft.request_id))
@@ -476,72 +593,23 @@ class Payments:
                 item.already_paid = row is not None
             if row is None:
                 continue
-            item.tip_id = row.tip_id
+            item.tip_id, item.row = row.tip_id, row
             if row.status == "PENDING":
-                drive.append(Charge.of_row(row))
-        return now, drive
-
-    async def _admit_and_record(self, new: list[_Item], now: dt.datetime, drive: list[Charge]) -> None:
-        try:
-            delays = await self.limiter.admit([item.draft.sender_id for item in new], now)
-        except RedisError:
-            log.exception("rate limiter unavailable; refusing new payments")
-            for item in new:
-                item.resolve(
-                    DomainError(
-                        grpc.StatusCode.UNAVAILABLE,
-                        "RATE_LIMIT_UNAVAILABLE",
-                        "payments are paused for a moment; retry",
-                        retry_delay_ms=RETRY_DELAY_MS,
-                    )
-                )
-            return
-        admitted = []
-        for item, delay_ms in zip(new, delays, strict=True):
-            if delay_ms:
-                item.resolve(
-                    DomainError(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        "RATE_LIMITED",
-                        "too many tips and gifts from this sender; slow down",
-                        {"retry_after_ms": str(delay_ms)},
-                        retry_delay_ms=delay_ms,
-                    )
-                )
-            else:
-                admitted.append(item)
-        if not admitted:
-            return
-        ids = {id(item): uuid.uuid4().hex for item in admitted}
-        rows = [_intent_row(item.draft, ids[id(item)]) for item in admitted]
-        async with self.engine.begin() as conn:
-            inserted = set((await conn.execute(_INSERT_SQL, {"rows": json.dumps(rows), "now": now})).scalars())
-        lost = []
-        for item in admitted:
-            tip_id = ids[id(item)]
-            if tip_id in inserted:
-                item.tip_id = tip_id
-                drive.append(Charge(tip_id, **_charge_fields(item.draft)))
-            else:
-                lost.append(item)
-        if lost:
-            # Another request with the same id, or a like of the same target, got there first.
-            await self._classify(lost, drive)
-            for item in lost:
-                if item.tip_id is None:
-                    item.resolve(outcome_unknown())
+                drive[row.tip_id] = Charge.of_row(row)
 
     async def _answer(self, batch: list[_Item]) -> None:
         waiting = [item for item in batch if not item.future.done() and item.tip_id is not None]
-        if not waiting:
-            return
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(_BY_IDS_SQL, {"ids": [i.tip_id for i in waiting]})).all()
-        by_id = {r.tip_id: r for r in rows}
+        stale = [item for item in waiting if item.row is None or item.row.status == "PENDING"]
+        if stale:
+            # Settled by someone else meanwhile, or still unknown: read what is stored now.
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(_BY_IDS_SQL, {"ids": [i.tip_id for i in stale]})).all()
+            by_id = {r.tip_id: r for r in rows}
+            for item in stale:
+                item.row = by_id[item.tip_id]
         for item in waiting:
-            row = by_id[item.tip_id]
             try:
-                item.resolve(answer_of(row, item.already_paid))
+                item.resolve(answer_of(item.row, item.already_paid))
             except DomainError as refusal:
                 item.resolve(refusal)
 
@@ -583,8 +651,9 @@ class Payments:
 
     # ---- settling -------------------------------------------------------------------------------
 
-    async def settle(self, outcomes: Sequence[Outcome]) -> int:
-        """Applies the outcomes whose intent is still PENDING, with their events; answers how many."""
+    async def settle(self, outcomes: Sequence[Outcome]) -> dict[str, object]:
+        """Applies the outcomes whose intent is still PENDING, with their events, in one transaction;
+        answers the rows settled here (by tip id). An intent settled already is left alone."""
         for attempt in range(SETTLE_ATTEMPTS):
             try:
                 settled = await self._settle_once(outcomes)
@@ -599,62 +668,34 @@ class Payments:
             return settled
         raise AssertionError("unreachable")
 
-    async def _settle_once(self, outcomes: Sequence[Outcome]) -> int:
+    async def _settle_once(self, outcomes: Sequence[Outcome]) -> dict[str, object]:
+        results = [
+            {
+                "tip_id": o.charge.tip_id,
+                "status": "COMPLETED" if o.charged else "FAILED",
+                "reason": None if o.charged else _failure_reason(o.reason),
+            }
+            for o in {o.charge.tip_id: o for o in outcomes}.values()
+        ]
         async with self.engine.begin() as conn:
-            now = await conn.scalar(text(f"SELECT {NOW_SQL}"))
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT * FROM gifts.tips WHERE tip_id = ANY(CAST(:ids AS text[])) AND status = 'PENDING' "
-                        "ORDER BY tip_id FOR UPDATE"
-                    ),
-                    {"ids": sorted({o.charge.tip_id for o in outcomes})},
-                )
-            ).all()
-            pending = {r.tip_id: r for r in rows}
-            done: list[tuple[object, Outcome]] = []
-            for outcome in outcomes:
-                row = pending.pop(outcome.charge.tip_id, None)
-                if row is not None:  # else settled already (sweeper, replay or another replica)
-                    done.append((row, outcome))
-            if not done:
-                return 0
-            await conn.execute(
-                text(
-                    """
-                    UPDATE gifts.tips t SET status = r.status, failure_reason = r.reason,
-                        completed_at = CAST(:now AS timestamptz)
-                    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(tip_id text, status text, reason text)
-                    WHERE t.tip_id = r.tip_id
-                    """
-                ),
-                {
-                    "now": now,
-                    "rows": json.dumps(
-                        [
-                            {
-                                "tip_id": row.tip_id,
-                                "status": "COMPLETED" if o.charged else "FAILED",
-                                "reason": None if o.charged else _failure_reason(o.reason),
-                            }
-                            for row, o in done
-                        ]
-                    ),
-                },
-            )
-            completed = [row for row, outcome in done if outcome.charged]
-            for row, outcome in done:
-                if not outcome.charged and outcome.reason not in ("INSUFFICIENT_FUNDS", "ACCOUNT_NOT_FOUND"):
-                    log.error("wallet refused a support", extra={"tip_id": row.tip_id, "reason": outcome.reason})
+            rows = (await conn.execute(_CLAIM_SQL, {"rows": json.dumps(results)})).all()
+            if not rows:
+                return {}
+            order = {o.charge.tip_id: i for i, o in enumerate(outcomes)}
+            rows.sort(key=lambda r: order[r.tip_id])  # events in the order the supports arrived
+            for row in rows:
+                if row.status == "FAILED" and row.failure_reason != "INSUFFICIENT_FUNDS":
+                    log.error("wallet refused a support", extra={"tip_id": row.tip_id, "reason": row.failure_reason})
+            completed = [row for row in rows if row.status == "COMPLETED"]
             if completed:
-                events = await self._record_completed(conn, completed, now)
-                await append(conn, SCHEMA, events)
-        return len(done)
+                await append(conn, SCHEMA, await self._record_completed(conn, completed))
+        return {row.tip_id: row for row in rows}
 
-    async def _record_completed(self, conn, rows: list, now: dt.datetime) -> list[Event]:
+    async def _record_completed(self, conn, rows: list) -> list[Event]:
         """Leaderboards, daily totals and goals for completed supports; answers their events."""
         boards: dict[tuple, list] = {}
         totals: dict[tuple, list] = {}
+        goal_deltas: dict[tuple[str, str], int] = {}
         for row in rows:
             streams = [""] + ([row.context_id] if row.context_type == "stream" else [])
             for stream_id in streams:
@@ -669,70 +710,45 @@ class Payments:
             total[0] += 1
             total[1] += row.amount_tokens
             total[2] += row.fee_tokens
-        await conn.execute(
-            text(
-                """
-                INSERT INTO gifts.leaderboard AS b (creator_id, stream_id, period, period_start, sender_id,
-                    sender_display_name, amount_tokens, tip_count)
-                SELECT r.c, r.s, r.p, r.d, r.f, r.n, r.a, r.k
-                FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(c text, s text, p text, d date, f text, n text,
-                    a bigint, k bigint)
-                ORDER BY r.c, r.s, r.p, r.d, r.f
-                ON CONFLICT (creator_id, stream_id, period, period_start, sender_id) DO UPDATE SET
-                    amount_tokens = b.amount_tokens + excluded.amount_tokens,
-                    tip_count = b.tip_count + excluded.tip_count,
-                    sender_display_name = CASE WHEN excluded.sender_display_name = '' THEN b.sender_display_name
-                                               ELSE excluded.sender_display_name END
-                """
-            ),
-            {
-                "rows": json.dumps(
-                    [
-                        {"c": k[0], "s": k[1], "p": k[2], "d": k[3], "f": k[4], "n": v[2], "a": v[0], "k": v[1]}
-                        for k, v in sorted(boards.items())
-                    ]
-                )
-            },
-        )
-        await conn.execute(
-            text(
-                """
-                INSERT INTO gifts.daily_totals AS t (creator_id, day, kind, context_type, tip_count,
-                    gross_tokens, fee_tokens)
-                SELECT r.c, r.d, r.k, r.x, r.n, r.g, r.f
-                FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(c text, d date, k text, x text, n bigint,
-                    g bigint, f bigint)
-                ORDER BY r.c, r.d, r.k, r.x
-                ON CONFLICT (creator_id, day, kind, context_type) DO UPDATE SET
-                    tip_count = t.tip_count + excluded.tip_count,
-                    gross_tokens = t.gross_tokens + excluded.gross_tokens,
-                    fee_tokens = t.fee_tokens + excluded.fee_tokens
-                """
-            ),
-            {
-                "rows": json.dumps(
-                    [
-                        {"c": k[0], "d": k[1], "k": k[2], "x": k[3], "n": v[0], "g": v[1], "f": v[2]}
-                        for k, v in sorted(totals.items())
-                    ]
-                )
-            },
-        )
-        goals = await self._goals(conn, rows)
-        events: list[Event] = []
-        goal_updates: dict[str, dict] = {}
-        for row in rows:
-            event = support_event(row)
-            events += _to_channels(row, _EVENT_TYPES[row.kind], event)
-            goal = goals.get((row.creator_id, row.context_id)) if row.context_type == "stream" else None
-            if goal is None:
-                continue
-            update = goal_updates.setdefault(
-                goal.goal_id, {"goal_id": goal.goal_id, "progress": goal.progress_tokens, "reached_at": None}
+            if row.context_type == "stream":
+                key = (row.creator_id, row.context_id)
+                goal_deltas[key] = goal_deltas.get(key, 0) + row.amount_tokens
+        goals = (
+            await conn.execute(
+                _RECORD_SQL,
+                {
+                    "boards": json.dumps(
+                        [
+                            {"c": k[0], "s": k[1], "p": k[2], "d": k[3], "f": k[4], "n": v[2], "a": v[0], "k": v[1]}
+                            for k, v in sorted(boards.items())
+                        ]
+                    ),
+                    "totals": json.dumps(
+                        [
+                            {"c": k[0], "d": k[1], "k": k[2], "x": k[3], "n": v[0], "g": v[1], "f": v[2]}
+                            for k, v in sorted(totals.items())
+                        ]
+                    ),
+                    "goals": json.dumps([{"c": k[0], "s": k[1], "delta": v} for k, v in sorted(goal_deltas.items())]),
+                },
             )
-            before = update["progress"]
-            update["progress"] = before + row.amount_tokens
-            progress = epb.GiftEvent(
+        ).all()
+        # Progress before this batch = after − the batch's share; replayed tip by tip for the events.
+        # Progress only grows, so "reached before this batch" is "progress before ≥ target".
+        progress = {
+            (g.creator_id, g.stream_id): [g, g.progress_tokens - goal_deltas[(g.creator_id, g.stream_id)]]
+            for g in goals
+        }
+        events: list[Event] = []
+        for row in rows:
+            events += _to_channels(row, _EVENT_TYPES[row.kind], support_event(row))
+            state = progress.get((row.creator_id, row.context_id)) if row.context_type == "stream" else None
+            if state is None:
+                continue
+            goal, before = state
+            after = before + row.amount_tokens
+            state[1] = after
+            update = epb.GiftEvent(
                 type=epb.GIFT_EVENT_TYPE_GOAL_PROGRESS,
                 support_id=row.tip_id,
                 creator_id=row.creator_id,
@@ -742,45 +758,15 @@ class Payments:
                 context_type=row.context_type,
                 context_id=row.context_id,
                 goal_id=goal.goal_id,
-                goal_progress_tokens=update["progress"],
+                goal_progress_tokens=after,
                 goal_target_tokens=goal.target_tokens,
                 event_time=ts(row.created_at),
             )
-            events += _to_channels(row, epb.GIFT_EVENT_TYPE_GOAL_PROGRESS, progress)
-            if goal.reached_at is None and update["reached_at"] is None and update["progress"] >= goal.target_tokens:
-                update["reached_at"] = now.isoformat()
-                reached = epb.GiftEvent()
-                reached.CopyFrom(progress)
-                reached.type = epb.GIFT_EVENT_TYPE_GOAL_REACHED
-                events += _to_channels(row, epb.GIFT_EVENT_TYPE_GOAL_REACHED, reached)
-        if goal_updates:
-            await conn.execute(
-                text(
-                    """
-                    UPDATE gifts.goals g SET progress_tokens = r.progress,
-                        reached_at = COALESCE(g.reached_at, CAST(r.reached_at AS timestamptz))
-                    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(goal_id text, progress bigint, reached_at text)
-                    WHERE g.goal_id = r.goal_id
-                    """
-                ),
-                {"rows": json.dumps(list(goal_updates.values()))},
-            )
+            events += _to_channels(row, epb.GIFT_EVENT_TYPE_GOAL_PROGRESS, update)
+            if before < goal.target_tokens <= after:
+                update.type = epb.GIFT_EVENT_TYPE_GOAL_REACHED
+                events += _to_channels(row, epb.GIFT_EVENT_TYPE_GOAL_REACHED, update)
         return events
-
-    async def _goals(self, conn, rows: list) -> dict:
-        keys = sorted({(r.creator_id, r.context_id) for r in rows if r.context_type == "stream"})
-        if not keys:
-            return {}
-        found = (
-            await conn.execute(
-                text(
-                    "SELECT * FROM gifts.goals WHERE active AND (creator_id, stream_id) IN "
-                    "(SELECT * FROM unnest(CAST(:c AS text[]), CAST(:s AS text[]))) ORDER BY goal_id FOR UPDATE"
-                ),
-                {"c": [k[0] for k in keys], "s": [k[1] for k in keys]},
-            )
-        ).all()
-        return {(g.creator_id, g.stream_id): g for g in found}
 
     # ---- the sweeper ----------------------------------------------------------------------------
 
@@ -800,7 +786,7 @@ class Payments:
             ).all()
         if not rows:
             return 0
-        return await self.settle(await self.pay([Charge.of_row(r) for r in rows]))
+        return len(await self.settle(await self.pay([Charge.of_row(r) for r in rows])))
 
     async def replayed(self, draft: Draft) -> Answer | None:
         """The answer of an earlier request with the draft's id, or None if there was none. Outside
@@ -823,11 +809,14 @@ class Payments:
             )
         if row.status == "PENDING":
             try:
-                await self.settle(await self.pay([Charge.of_row(row)]))
+                settled = await self.settle(await self.pay([Charge.of_row(row)]))
             except grpc.aio.AioRpcError:
                 raise outcome_unknown() from None
-            async with self.engine.connect() as conn:
-                row = (await conn.execute(_BY_IDS_SQL, {"ids": [row.tip_id]})).one()
+            if row.tip_id in settled:
+                row = settled[row.tip_id]
+            else:
+                async with self.engine.connect() as conn:
+                    row = (await conn.execute(_BY_IDS_SQL, {"ids": [row.tip_id]})).one()
         return answer_of(row)
 
 

@@ -33,6 +33,7 @@ import time
 import uuid
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -393,12 +394,16 @@ async def _baseline_check(engine, schema: str, acknowledged: int, fans: int) -> 
 class LoadProcesses:
     """The spawned load generators, kept warm across phases."""
 
-    def __init__(self, count: int):
+    def __init__(self, count: int, worker: Callable[[Connection], None] | None = None):
+        """`worker` runs in each process (a module-level function, so spawn can import it): it answers
+        "ready", then a Load per phase received, until None; by default this module's Transfer load."""
         context = multiprocessing.get_context("spawn")
         self.links: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
         for i in range(count):
             parent, child = context.Pipe()
-            process = context.Process(target=_load_process, args=(child,), name=f"bench-load-{i}", daemon=True)
+            process = context.Process(
+                target=worker or _load_process, args=(child,), name=f"bench-load-{i}", daemon=True
+            )
             process.start()
             child.close()
             self.links.append((process, parent))

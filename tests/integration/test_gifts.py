@@ -319,6 +319,31 @@ async def test_insufficient_funds_charges_nothing_and_replays_the_refusal(env):
     await audit_ok(env)
 
 
+async def test_a_late_charge_wins_over_an_unrecorded_refusal(env):
+    # A fan with no Wallet account is refused with ACCOUNT_NOT_FOUND, which Wallet does not record.
+    # A re-drive of the same ids that raced the first and found the fan funded did move the money:
+    # its settle must turn the FAILED record into the tip it was (one charge, one alert).
+    fan, creator = uid("fan"), uid("creator")
+    assert await refused(tip(env.digis, fan, creator, 30)) == (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INSUFFICIENT_FUNDS",
+    )
+    [failed] = (await env.digis.ListTips(gpb.ListTipsRequest(sender_id=fan))).tips
+    await fund(env, fan, 100)
+    payments = env.digis_service.payments
+    async with env.engine.connect() as conn:
+        row = (await conn.execute(text("SELECT * FROM gifts.tips WHERE tip_id = :t"), {"t": failed.tip_id})).one()
+    late = await payments.pay([support.Charge.of_row(row)])
+    assert [o.charged for o in late] == [True]
+    assert list(await payments.settle(late)) == [failed.tip_id]
+    assert await payments.settle(late) == {}  # settled once
+    [done] = (await env.digis.ListTips(gpb.ListTipsRequest(sender_id=fan))).tips
+    assert (done.status, done.failure_reason) == (gpb.TIP_STATUS_COMPLETED, "")
+    assert await spendable(env, fan) == 70 and await earnings(env, creator) == 30
+    assert [e.support_id for e in await outbox(env, f"alerts:{creator}")] == [failed.tip_id]
+    await audit_ok(env)
+
+
 # ---- bad input ------------------------------------------------------------------------------------
 
 
