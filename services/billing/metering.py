@@ -298,7 +298,6 @@ class Metering:
         self.engine = engine
         self.wallet = wallet  # a WalletServiceStub signed as "billing"
         self.notify = notify
-        self.charged = 0
         self.claim_chunk = settings.billing_claim_chunk
         self.rounds_in_flight = settings.billing_rounds_in_flight
         self.outage_after = dt.timedelta(seconds=settings.billing_outage_after_seconds)
@@ -361,13 +360,14 @@ class Metering:
 
     # ---- settling -------------------------------------------------------------------------------
 
-    async def settle(self, outcomes: Sequence[Outcome], confirming: str | None = None) -> list:
-        """Applies outcomes whose intent is still PENDING; answers the rows it settled. `confirming`
+    async def settle(self, outcomes: Sequence[Outcome], confirming: str | None = None) -> tuple[int, int]:
+        """Applies outcomes whose intent is still PENDING; answers (intents settled, blocks charged)
+        by this call. `confirming`
         is the call whose StartCall (or its replay) is settling the first block and will answer the
         fan: only then does a STARTING call become ACTIVE. Any other settle of a STARTING call (the
         sweeper, after the fan's request gave up) abandons it and refunds what was charged."""
         if not outcomes:
-            return []
+            return 0, 0
         async with self.engine.begin() as conn:
             now = await conn.scalar(text(f"SELECT {NOW_SQL}"))
             keys = sorted({(o.charge.call_id, o.charge.block_no) for o in outcomes})
@@ -398,7 +398,7 @@ class Metering:
         self.notify()
         if batches["abandoned"]:
             await self.refund([r["call_id"] for r in batches["abandoned"]])
-        return rows
+        return len(rows), len(batches["charged"])
 
     def _settle_one(
         self, row, outcome: Outcome, now: dt.datetime, batches: dict[str, list[dict]], confirming: str | None
@@ -435,7 +435,6 @@ class Metering:
             return call_events(
                 row, pb.CALL_EVENT_TYPE_ENDED, ended_at, end_reason=pb.EndReason.Value(f"END_REASON_{reason}")
             )
-        self.charged += 1
         next_at = row.block_at + dt.timedelta(seconds=row.block_seconds)
         warn = (
             outcome.spendable_after is not None
@@ -512,11 +511,13 @@ class Metering:
     async def tick(self) -> int:
         """Charges every due block and ends the calls that must end; answers blocks charged."""
         await self.ensure_started()
-        before = self.charged
+        charged = [0] * self.rounds_in_flight
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
             for _ in range(MAX_ROUNDS):
-                if not await self._round():
+                claimed, blocks = await self._round()
+                charged[index] += blocks
+                if not claimed:
                     break
 
         # Rounds in flight at once: while one waits for Wallet, another claims or settles. They
@@ -524,13 +525,14 @@ class Metering:
         # A failing round stops the others (TaskGroup) and the tick raises its error.
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(self.rounds_in_flight):
-                    group.create_task(worker())
+                for index in range(self.rounds_in_flight):
+                    group.create_task(worker(index))
         except BaseExceptionGroup as failed:
             raise failed.exceptions[0] from None
-        return self.charged - before
+        return sum(charged)
 
-    async def _round(self) -> int:
+    async def _round(self) -> tuple[int, int]:
+        """One claim → pay → settle; answers (calls claimed, blocks charged)."""
         started = time.perf_counter()
         now, outage_from, resumed_at = await self._alive()
         charges: list[Charge] = []
@@ -546,7 +548,7 @@ class Metering:
                 )
             ).all()
             if not rows:
-                return 0
+                return 0, 0
             events: list[Event] = []
             intents, claims, ends, moves = [], [], [], []
             for row in rows:
@@ -617,12 +619,13 @@ class Metering:
                 outcomes = await self.pay(charges)
             except grpc.aio.AioRpcError:
                 log.warning("wallet unreachable; the sweeper will re-drive these blocks", exc_info=True)
-                return len(rows)
+                return len(rows), 0
             paid = time.perf_counter()
             self.seconds["pay"] += paid - claimed
-            await self.settle(outcomes)
+            _, blocks = await self.settle(outcomes)
             self.seconds["settle"] += time.perf_counter() - paid
-        return len(rows)
+            return len(rows), blocks
+        return len(rows), 0
 
     # ---- the sweeper ----------------------------------------------------------------------------
 
@@ -656,10 +659,10 @@ class Metering:
         charges = [
             Charge(r.call_id, r.fan_id, r.creator_id, r.block_no, r.tokens, r.fee_tokens, r.fee_bps) for r in rows
         ]
-        settled = await self.settle(await self.pay(charges)) if charges else []
+        settled = (await self.settle(await self.pay(charges)))[0] if charges else 0
         if refunds:
             await self.refund(list(refunds))
-        return len(settled)
+        return settled
 
     async def finish_start(self, call_id: str) -> None:
         """StartCall's replay: settles the first block of a call still STARTING, confirming it (the

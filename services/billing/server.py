@@ -3,8 +3,8 @@
 - a fan starts their own calls; a creator sets their own call settings and reads their own stats;
 - a call's fan or creator pauses, resumes, ends, reads and watches it; anyone else gets
   PERMISSION_DENIED (admins and internal services may act on any call);
-- Heartbeat and WatchNodeCalls are for internal services (the media server) only; an EndCall by an
-  internal service is the media server's.
+- Heartbeat, HeartbeatCalls and WatchNodeCalls are for internal services (the media server) only;
+  an EndCall by an internal service is the media server's.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BillingService"].full_name
 SCHEMA = metering.SCHEMA
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
+MAX_HEARTBEAT_CALLS = 1000
 
 _STATUS = {
     "STARTING": pb.CALL_STATUS_ACTIVE,
@@ -330,28 +331,68 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
 
     # ---- media server ---------------------------------------------------------------------------
 
+    async def _renew(self, call_ids: list[str], node: str) -> dict[str, str]:
+        """Renews the lease of the live calls among `call_ids` (locked in id order, as settle locks
+        them); answers every known call's status."""
+        async with self.engine.begin() as conn:
+            renewed = (
+                await conn.execute(
+                    text(
+                        f"""
+                        WITH live AS (
+                            SELECT call_id FROM billing.calls WHERE call_id = ANY(CAST(:ids AS text[]))
+                                AND status IN ('STARTING', 'ACTIVE', 'PAUSED') ORDER BY call_id FOR UPDATE)
+                        UPDATE billing.calls c SET last_heartbeat_at = {NOW_SQL},
+                            media_node = CASE WHEN c.media_node = '' THEN :node ELSE c.media_node END,
+                            deadline_at = CASE WHEN c.status = 'ACTIVE' AND c.charging_block_no IS NULL
+                                THEN LEAST(c.next_block_at, {NOW_SQL} + make_interval(secs => c.grace_seconds))
+                                ELSE c.deadline_at END
+                        FROM live WHERE c.call_id = live.call_id RETURNING c.call_id, c.status
+                        """
+                    ),
+                    {"ids": call_ids, "node": node},
+                )
+            ).all()
+            statuses = {r.call_id: r.status for r in renewed}
+            missing = [i for i in call_ids if i not in statuses]
+            if missing:
+                rows = await conn.execute(
+                    text("SELECT call_id, status FROM billing.calls WHERE call_id = ANY(CAST(:ids AS text[]))"),
+                    {"ids": missing},
+                )
+                statuses.update((r.call_id, r.status) for r in rows)
+        return statuses
+
     async def Heartbeat(self, request, context):
         auth.require_service(auth.principal(), "Heartbeat")
+        call_id = check_id("call_id", request.call_id)
         if request.media_node:
             check_id("media_node", request.media_node)
-        async with self.engine.begin() as conn:
-            row = await self._call(request.call_id, conn, lock=True)
-            if row.status not in ("ACTIVE", "PAUSED", "STARTING"):
-                raise precondition("CALL_ENDED", "the call has ended; cut it", call_id=row.call_id)
-            await conn.execute(
-                text(
-                    f"""
-                    UPDATE billing.calls SET last_heartbeat_at = {NOW_SQL},
-                        media_node = CASE WHEN media_node = '' THEN :node ELSE media_node END,
-                        deadline_at = CASE WHEN status = 'ACTIVE' AND charging_block_no IS NULL
-                            THEN LEAST(next_block_at, {NOW_SQL} + make_interval(secs => grace_seconds))
-                            ELSE deadline_at END
-                    WHERE call_id = :id
-                    """
-                ),
-                {"id": row.call_id, "node": request.media_node},
-            )
-        return pb.HeartbeatResponse(status=_STATUS[row.status])
+        status = (await self._renew([call_id], request.media_node)).get(call_id)
+        if status is None:
+            raise not_found("CALL_NOT_FOUND", f"no call {call_id!r}")
+        if status not in ("ACTIVE", "PAUSED", "STARTING"):
+            raise precondition("CALL_ENDED", "the call has ended; cut it", call_id=call_id)
+        return pb.HeartbeatResponse(status=_STATUS[status])
+
+    async def HeartbeatCalls(self, request, context):
+        auth.require_service(auth.principal(), "HeartbeatCalls")
+        if request.media_node:
+            check_id("media_node", request.media_node)
+        if not request.call_ids:
+            raise invalid("NO_CALLS", "name at least one call", field="call_ids")
+        if len(request.call_ids) > MAX_HEARTBEAT_CALLS:
+            raise invalid("TOO_MANY_CALLS", f"at most {MAX_HEARTBEAT_CALLS} calls per heartbeat", field="call_ids")
+        ids = [check_id(f"call_ids[{i}]", call_id) for i, call_id in enumerate(request.call_ids)]
+        if len(set(ids)) != len(ids):
+            raise invalid("DUPLICATE_CALL_ID", "each call at most once", field="call_ids")
+        statuses = await self._renew(ids, request.media_node)
+        return pb.HeartbeatCallsResponse(
+            leases=[
+                pb.CallLease(call_id=i, status=_STATUS[statuses[i]] if i in statuses else pb.CALL_STATUS_UNSPECIFIED)
+                for i in ids
+            ]
+        )
 
     # ---- pause / resume / end -------------------------------------------------------------------
 
@@ -578,8 +619,10 @@ class Billing:
             return  # FANBANK_BACKGROUND_MS=0: ticks are driven by hand (tests)
 
         async def tick_and_sweep() -> None:
-            await self.metering.tick()
-            await self.metering.sweep()
+            charged = await self.metering.tick()
+            swept = await self.metering.sweep()
+            if charged or swept:
+                log.info("metering tick", extra={"blocks_charged": charged, "intents_swept": swept})
 
         await run_every(self.settings.background_ms / 1000, tick_and_sweep, "metering tick")
 

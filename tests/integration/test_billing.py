@@ -206,6 +206,46 @@ async def test_bad_input_changes_nothing(env):
     await audit_ok(env)
 
 
+async def test_heartbeat_calls_renews_many_leases_at_once(env):
+    fans = [uid("fan") for _ in range(3)]
+    c1, c2, c3 = [await creator(env) for _ in range(3)]
+    for f in fans:
+        await fund(env, f, 1000)
+    calls = [await start(env, f, c) for f, c in zip(fans, (c1, c2, c3), strict=True)]
+    ids = [k.call_id for k in calls]
+    await env.billing.EndCall(bpb.EndCallRequest(request_id=uid("e"), call_id=ids[2]))
+    node = uid("node")
+    unknown = uid("nocall")
+    # Grace 20 s: two 15 s steps with one HeartbeatCalls each keep the live calls going.
+    for _ in range(2):
+        await env.clock.advance(dt.timedelta(seconds=15))
+        answer = await env.billing.HeartbeatCalls(bpb.HeartbeatCallsRequest(media_node=node, call_ids=[*ids, unknown]))
+    assert [(lease.call_id, lease.status) for lease in answer.leases] == [
+        (ids[0], bpb.CALL_STATUS_ACTIVE),
+        (ids[1], bpb.CALL_STATUS_ACTIVE),
+        (ids[2], bpb.CALL_STATUS_ENDED),
+        (unknown, bpb.CALL_STATUS_UNSPECIFIED),
+    ]
+    await env.service.metering.tick()
+    for call_id in ids[:2]:
+        got = await get(env, call_id)
+        assert (got.status, got.blocks_charged, got.media_node) == (bpb.CALL_STATUS_ACTIVE, 2, node)
+    for bad, reason in (
+        ([], "NO_CALLS"),
+        ([ids[0], ids[0]], "DUPLICATE_CALL_ID"),
+        (["not an id"], "INVALID_ID"),
+        ([uid("x") for _ in range(1001)], "TOO_MANY_CALLS"),
+    ):
+        request = bpb.HeartbeatCallsRequest(call_ids=bad)
+        assert await refused(env.billing.HeartbeatCalls(request)) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+    async with as_user(fans[0]):
+        request = bpb.HeartbeatCallsRequest(call_ids=ids[:1])
+        assert await refused(env.users.HeartbeatCalls(request)) == (grpc.StatusCode.PERMISSION_DENIED, "SERVICE_ONLY")
+    for call_id in ids[:2]:
+        await env.billing.EndCall(bpb.EndCallRequest(request_id=uid("e"), call_id=call_id))
+    await audit_ok(env)
+
+
 async def test_replayed_start_returns_the_same_call(env):
     fan, c = uid("fan"), await creator(env)
     await fund(env, fan, 500)

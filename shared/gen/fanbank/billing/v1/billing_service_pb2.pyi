@@ -204,6 +204,28 @@ class HeartbeatResponse(_message.Message):
     status: CallStatus
     def __init__(self, status: _Optional[_Union[CallStatus, str]] = ...) -> None: ...
 
+class HeartbeatCallsRequest(_message.Message):
+    __slots__ = ("media_node", "call_ids")
+    MEDIA_NODE_FIELD_NUMBER: _ClassVar[int]
+    CALL_IDS_FIELD_NUMBER: _ClassVar[int]
+    media_node: str
+    call_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, media_node: _Optional[str] = ..., call_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HeartbeatCallsResponse(_message.Message):
+    __slots__ = ("leases",)
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    leases: _containers.RepeatedCompositeFieldContainer[CallLease]
+    def __init__(self, leases: _Optional[_Iterable[_Union[CallLease, _Mapping]]] = ...) -> None: ...
+
+class CallLease(_message.Message):
+    __slots__ = ("call_id", "status")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    status: CallStatus
+    def __init__(self, call_id: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ...) -> None: ...
+
 class PauseCallRequest(_message.Message):
     __slots__ = ("request_id", "call_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class BillingServiceStub:
                 request_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.HeartbeatCalls = channel.unary_unary(
+                '/fanbank.billing.v1.BillingService/HeartbeatCalls',
+                request_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsRequest.SerializeToString,
+                response_deserializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsResponse.FromString,
+                _registered_method=True)
         self.PauseCall = channel.unary_unary(
                 '/fanbank.billing.v1.BillingService/PauseCall',
                 request_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.PauseCallRequest.SerializeToString,
@@ -131,6 +136,15 @@ class BillingServiceServicer:
 
     def Heartbeat(self, request, context):
         """The media server's lease: the call is happening.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HeartbeatCalls(self, request, context):
+        """The lease of many calls of one media node at once: one RPC per node and interval instead of one
+        per call (at 100,000 live calls, per-call heartbeats every few seconds would be tens of
+        thousands of RPCs a second).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -212,6 +226,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatRequest.FromString,
                     response_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'HeartbeatCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.HeartbeatCalls,
+                    request_deserializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsRequest.FromString,
+                    response_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsResponse.SerializeToString,
             ),
             'PauseCall': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseCall,
@@ -367,6 +386,33 @@ class BillingService:
             '/fanbank.billing.v1.BillingService/Heartbeat',
             fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatRequest.SerializeToString,
             fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HeartbeatCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fanbank.billing.v1.BillingService/HeartbeatCalls',
+            fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsRequest.SerializeToString,
+            fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsResponse.FromString,
             options,
             channel_credentials,
             insecure,
