@@ -27,6 +27,10 @@ DEV_SECRET = "fanbank-dev-secret-not-for-production"
 # and its example curl work out of the box; the edge logs a warning when it is in use.
 DEV_JWT_SECRET = "fanbank-dev-jwt-secret-not-for-production"
 JWT_ALGORITHMS = ("HS256", "RS256")
+# LiveKit's webhook key pair when FANBANK_LIVEKIT_API_KEY/SECRET are unset (so `make up` works);
+# Billing logs a warning when it is in use.
+DEV_LIVEKIT_API_KEY = "fanbank-dev-livekit"
+DEV_LIVEKIT_API_SECRET = "fanbank-dev-livekit-secret-not-for-production"
 
 
 class ConfigError(ValueError):
@@ -110,6 +114,9 @@ class Settings:
     billing_claim_chunk: int
     billing_rounds_in_flight: int
     billing_outage_after_seconds: int
+    # LiveKit's webhook signing key pair (Billing verifies the media server's webhooks with it).
+    livekit_api_key: str
+    livekit_api_secret: str
     # The edge: users' bearer JWTs (HS256 with jwt_secret, or RS256 with jwt_public_key: PEM text or
     # @path), which claim carries the roles, browser origins allowed by CORS, request body bound.
     jwt_algorithm: str
@@ -176,6 +183,8 @@ def load_settings() -> Settings:
         billing_claim_chunk=_int("FANBANK_BILLING_CLAIM_CHUNK", 2000, 1, 100_000),
         billing_rounds_in_flight=_int("FANBANK_BILLING_ROUNDS_IN_FLIGHT", 3, 1, 64),
         billing_outage_after_seconds=_int("FANBANK_BILLING_OUTAGE_AFTER_SECONDS", 10, 1, 3600),
+        livekit_api_key=_env("FANBANK_LIVEKIT_API_KEY", DEV_LIVEKIT_API_KEY),
+        livekit_api_secret=_env("FANBANK_LIVEKIT_API_SECRET", DEV_LIVEKIT_API_SECRET),
         jwt_algorithm=jwt_algorithm,
         jwt_secret=_env("FANBANK_JWT_SECRET", DEV_JWT_SECRET),
         jwt_public_key=_env("FANBANK_JWT_PUBLIC_KEY"),

@@ -17,6 +17,9 @@ import logging
 import uuid
 
 import grpc
+from google.protobuf import json_format
+from livekit import api as livekit
+from livekit.protocol import webhook as livekit_webhook
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -27,8 +30,8 @@ from services.billing.metering import Charge, Metering, call_events, end_params,
 from shared import auth, client
 from shared.auth import Principal
 from shared.clock import NOW_SQL
-from shared.config import Settings
-from shared.errors import DomainError, denied, invalid, not_found, precondition
+from shared.config import DEV_LIVEKIT_API_SECRET, Settings
+from shared.errors import DomainError, denied, invalid, not_found, precondition, unauthenticated
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
@@ -36,7 +39,7 @@ from shared.host import run_every
 from shared.outbox import Event, Relay, append, replay_loader
 from shared.presets import Preset, fee_amount, load_preset
 from shared.server import Registration
-from shared.validate import check_id
+from shared.validate import IDENT, MAX_ID_CHARS, check_id
 from shared.watch import Hub
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,11 @@ SCHEMA = metering.SCHEMA
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 MAX_HEARTBEAT_CALLS = 1000
+MAX_WEBHOOK_BYTES = 64 * 1024
+# A call's media room is named after it; LiveKit's webhooks name the room.
+MEDIA_CHANNEL_PREFIX = "call-"
+# LiveKit events after which a 1:1 call cannot go on: one side left, or the room is gone.
+ROOM_CLOSED_EVENTS = frozenset({"participant_left", "room_finished"})
 
 _STATUS = {
     "STARTING": pb.CALL_STATUS_ACTIVE,
@@ -118,8 +126,13 @@ _SELECT_CALL = f"SELECT c.*, {NOW_SQL} AS now FROM billing.calls c"
 
 
 class BillingServicer(pb_grpc.BillingServiceServicer):
-    def __init__(self, engine: AsyncEngine, preset: Preset, meter: Metering, hub: Hub | None, notify):
+    def __init__(
+        self, engine: AsyncEngine, preset: Preset, meter: Metering, hub: Hub | None, notify, settings: Settings
+    ):
         self.engine = engine
+        self.webhooks = livekit.WebhookReceiver(
+            livekit.TokenVerifier(settings.livekit_api_key, settings.livekit_api_secret)
+        )
         self.preset = preset
         self.meter = meter
         self.hub = hub
@@ -294,7 +307,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                         "grace": calls.heartbeat_grace_seconds,
                         "pause": calls.max_pause_seconds,
                         "warn": calls.low_balance_warning_blocks,
-                        "channel": f"call-{call_id}",
+                        "channel": f"{MEDIA_CHANNEL_PREFIX}{call_id}",
                         "node": request.media_node,
                     },
                 )
@@ -492,6 +505,82 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self.notify()
         return pb.EndCallResponse(call=call_pb(await self._call(row.call_id)))
 
+    # ---- the media server's webhooks -------------------------------------------------------------
+
+    def _verified_webhook(self, request) -> livekit_webhook.WebhookEvent:
+        token = request.authorization.removeprefix("Bearer ").strip()
+        if not token:
+            raise unauthenticated("WEBHOOK_UNSIGNED", "the webhook carries no Authorization token")
+        try:
+            body = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise invalid("WEBHOOK_BODY_INVALID", "the webhook body is not UTF-8 JSON", field="body") from None
+        try:
+            return self.webhooks.receive(body, token)
+        except json_format.ParseError:
+            raise invalid("WEBHOOK_BODY_INVALID", "the webhook body is not a LiveKit event", field="body") from None
+        except Exception:  # livekit-api raises plain Exception / PyJWT errors for any bad token or hash
+            raise unauthenticated(
+                "WEBHOOK_SIGNATURE_INVALID", "the webhook's token or body hash does not verify"
+            ) from None
+
+    async def ReceiveMediaWebhook(self, request, context):
+        auth.require_service(auth.principal(), "ReceiveMediaWebhook")
+        if len(request.body) > MAX_WEBHOOK_BYTES:
+            raise invalid("WEBHOOK_TOO_LARGE", f"a webhook body is at most {MAX_WEBHOOK_BYTES} bytes", field="body")
+        event = self._verified_webhook(request)
+        event_id = check_id("event.id", event.id)
+        room = event.room.name
+        call_id = room.removeprefix(MEDIA_CHANNEL_PREFIX) if room.startswith(MEDIA_CHANNEL_PREFIX) else None
+        ended = False
+        async with self.engine.begin() as conn:
+            inserted = await conn.scalar(
+                text(
+                    "INSERT INTO billing.media_webhooks (event_id, event, room) VALUES (:id, :event, :room) "
+                    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+                ),
+                {"id": event_id, "event": event.event[:64], "room": room[:200]},
+            )
+            if inserted is None:
+                seen = (
+                    await conn.execute(
+                        text("SELECT call_id, call_ended FROM billing.media_webhooks WHERE event_id = :id"),
+                        {"id": event_id},
+                    )
+                ).one()
+                return pb.ReceiveMediaWebhookResponse(
+                    event_id=event_id,
+                    event=event.event,
+                    duplicate=True,
+                    call_id=seen.call_id or "",
+                    call_ended=seen.call_ended,
+                )
+            row = None
+            if call_id and IDENT.fullmatch(call_id) and len(call_id) <= MAX_ID_CHARS:
+                row = (
+                    await conn.execute(text(f"{_SELECT_CALL} WHERE call_id = :id FOR UPDATE"), {"id": call_id})
+                ).one_or_none()
+            if row is not None and row.media_channel != room:
+                row = None
+            if row is not None and event.event in ROOM_CLOSED_EVENTS and row.status in ("ACTIVE", "PAUSED"):
+                await write_rows(conn, "ends", [end_params(row, "ENDED", "ROOM_CLOSED", row.now)])
+                await append(
+                    conn,
+                    SCHEMA,
+                    call_events(row, pb.CALL_EVENT_TYPE_ENDED, row.now, end_reason=pb.END_REASON_ROOM_CLOSED),
+                )
+                ended = True
+            if row is not None:
+                await conn.execute(
+                    text("UPDATE billing.media_webhooks SET call_id = :c, call_ended = :e WHERE event_id = :id"),
+                    {"c": row.call_id, "e": ended, "id": event_id},
+                )
+        if ended:
+            self.notify()
+        return pb.ReceiveMediaWebhookResponse(
+            event_id=event_id, event=event.event, call_id=row.call_id if row is not None else "", call_ended=ended
+        )
+
     # ---- reads ----------------------------------------------------------------------------------
 
     async def GetCall(self, request, context):
@@ -598,7 +687,9 @@ class Billing:
         self.relay = Relay(engine, self.redis, SCHEMA) if self.redis is not None else None
         self.hub = Hub(self.redis, replay_loader=replay_loader(engine, SCHEMA)) if self.redis is not None else None
         self.metering = Metering(engine, wallet_grpc.WalletServiceStub(self.wallet_channel), settings, self._notify)
-        self.servicer = BillingServicer(engine, self.preset, self.metering, self.hub, self._notify)
+        self.servicer = BillingServicer(engine, self.preset, self.metering, self.hub, self._notify, settings)
+        if settings.livekit_api_secret == DEV_LIVEKIT_API_SECRET:
+            log.warning("FANBANK_LIVEKIT_API_SECRET is not set: LiveKit webhooks verify with the development key")
         self._loop: asyncio.Task | None = None
 
     def _notify(self) -> None:

@@ -4,16 +4,21 @@ resume, replays, Billing's own outage, watch order and resume, two metering repl
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import uuid
 from contextlib import AsyncExitStack
 
 import grpc
 import pytest
+from livekit import api as livekit
 from sqlalchemy import text
 
 from shared.clock import ControlledClock
+from shared.config import DEV_LIVEKIT_API_KEY, DEV_LIVEKIT_API_SECRET
 from shared.db import make_engine
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as bpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -243,6 +248,55 @@ async def test_heartbeat_calls_renews_many_leases_at_once(env):
         assert await refused(env.users.HeartbeatCalls(request)) == (grpc.StatusCode.PERMISSION_DENIED, "SERVICE_ONLY")
     for call_id in ids[:2]:
         await env.billing.EndCall(bpb.EndCallRequest(request_id=uid("e"), call_id=call_id))
+    await audit_ok(env)
+
+
+def livekit_webhook(event: dict, secret: str = DEV_LIVEKIT_API_SECRET) -> bpb.ReceiveMediaWebhookRequest:
+    body = json.dumps(event).encode()
+    token = (
+        livekit.AccessToken(DEV_LIVEKIT_API_KEY, secret)
+        .with_sha256(base64.b64encode(hashlib.sha256(body).digest()).decode())
+        .to_jwt()
+    )
+    return bpb.ReceiveMediaWebhookRequest(body=body, authorization=token)
+
+
+async def test_livekit_webhook_ends_the_call_of_its_room(env):
+    fan, c = uid("fan"), await creator(env)
+    await fund(env, fan, 1000)
+    call = await start(env, fan, c)
+    left = {"event": "participant_left", "id": uid("EV"), "room": {"name": call.media_channel}}
+    # Forged: signed with another secret, or the body changed after signing. Nothing happens.
+    forged = livekit_webhook(left, secret="not-the-livekit-secret-but-one-of-the-same-length-class")
+    assert await refused(env.billing.ReceiveMediaWebhook(forged)) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "WEBHOOK_SIGNATURE_INVALID",
+    )
+    tampered = livekit_webhook({**left, "room": {"name": "call-someone-else"}})
+    tampered.body = json.dumps(left).encode()
+    assert await refused(env.billing.ReceiveMediaWebhook(tampered)) == (
+        grpc.StatusCode.UNAUTHENTICATED,
+        "WEBHOOK_SIGNATURE_INVALID",
+    )
+    unsigned = bpb.ReceiveMediaWebhookRequest(body=json.dumps(left).encode())
+    assert (await refused(env.billing.ReceiveMediaWebhook(unsigned)))[1] == "WEBHOOK_UNSIGNED"
+    async with as_user(fan):
+        assert (await refused(env.users.ReceiveMediaWebhook(livekit_webhook(left))))[1] == "SERVICE_ONLY"
+    assert (await get(env, call.call_id)).status == bpb.CALL_STATUS_ACTIVE
+    # Another room's event is recorded and changes nothing.
+    other = await env.billing.ReceiveMediaWebhook(
+        livekit_webhook({"event": "participant_left", "id": uid("EV"), "room": {"name": "lobby"}})
+    )
+    assert (other.call_id, other.call_ended) == ("", False)
+    # Signed correctly: the call ends; a redelivery is answered as a duplicate.
+    answer = await env.billing.ReceiveMediaWebhook(livekit_webhook(left))
+    assert (answer.call_id, answer.call_ended, answer.duplicate) == (call.call_id, True, False)
+    again = await env.billing.ReceiveMediaWebhook(livekit_webhook(left))
+    assert (again.call_id, again.call_ended, again.duplicate) == (call.call_id, True, True)
+    got = await get(env, call.call_id)
+    assert (got.status, got.end_reason, got.blocks_charged) == (bpb.CALL_STATUS_ENDED, bpb.END_REASON_ROOM_CLOSED, 1)
+    await advance(env, BLOCK * 2)
+    assert (await balance(env, fan)).spendable_available == 950
     await audit_ok(env)
 
 

@@ -218,6 +218,28 @@ class HeartbeatCallsResponse(_message.Message):
     leases: _containers.RepeatedCompositeFieldContainer[CallLease]
     def __init__(self, leases: _Optional[_Iterable[_Union[CallLease, _Mapping]]] = ...) -> None: ...
 
+class ReceiveMediaWebhookRequest(_message.Message):
+    __slots__ = ("body", "authorization")
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
+    body: bytes
+    authorization: str
+    def __init__(self, body: _Optional[bytes] = ..., authorization: _Optional[str] = ...) -> None: ...
+
+class ReceiveMediaWebhookResponse(_message.Message):
+    __slots__ = ("event_id", "event", "duplicate", "call_id", "call_ended")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ENDED_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    event: str
+    duplicate: bool
+    call_id: str
+    call_ended: bool
+    def __init__(self, event_id: _Optional[str] = ..., event: _Optional[str] = ..., duplicate: _Optional[bool] = ..., call_id: _Optional[str] = ..., call_ended: _Optional[bool] = ...) -> None: ...
+
 class CallLease(_message.Message):
     __slots__ = ("call_id", "status")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]

@@ -64,6 +64,11 @@ class BillingServiceStub:
                 request_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsRequest.SerializeToString,
                 response_deserializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsResponse.FromString,
                 _registered_method=True)
+        self.ReceiveMediaWebhook = channel.unary_unary(
+                '/fanbank.billing.v1.BillingService/ReceiveMediaWebhook',
+                request_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.ReceiveMediaWebhookRequest.SerializeToString,
+                response_deserializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.ReceiveMediaWebhookResponse.FromString,
+                _registered_method=True)
         self.PauseCall = channel.unary_unary(
                 '/fanbank.billing.v1.BillingService/PauseCall',
                 request_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.PauseCallRequest.SerializeToString,
@@ -150,6 +155,17 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReceiveMediaWebhook(self, request, context):
+        """A LiveKit webhook exactly as the edge received it. Billing verifies the signed token (API key
+        and secret from FANBANK_LIVEKIT_API_KEY / FANBANK_LIVEKIT_API_SECRET) and the body's SHA-256
+        with livekit-api's WebhookReceiver, records the event id once (a redelivery changes nothing),
+        and on participant_left / room_finished for a call's room (its media channel) ends the call
+        with END_REASON_ROOM_CLOSED. A bad signature or hash is UNAUTHENTICATED and does nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PauseCall(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -231,6 +247,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.HeartbeatCalls,
                     request_deserializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsRequest.FromString,
                     response_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsResponse.SerializeToString,
+            ),
+            'ReceiveMediaWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveMediaWebhook,
+                    request_deserializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.ReceiveMediaWebhookRequest.FromString,
+                    response_serializer=fanbank_dot_billing_dot_v1_dot_billing__service__pb2.ReceiveMediaWebhookResponse.SerializeToString,
             ),
             'PauseCall': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseCall,
@@ -413,6 +434,33 @@ class BillingService:
             '/fanbank.billing.v1.BillingService/HeartbeatCalls',
             fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsRequest.SerializeToString,
             fanbank_dot_billing_dot_v1_dot_billing__service__pb2.HeartbeatCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveMediaWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fanbank.billing.v1.BillingService/ReceiveMediaWebhook',
+            fanbank_dot_billing_dot_v1_dot_billing__service__pb2.ReceiveMediaWebhookRequest.SerializeToString,
+            fanbank_dot_billing_dot_v1_dot_billing__service__pb2.ReceiveMediaWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,
