@@ -62,8 +62,9 @@ WALLET_DEADLINE_S = 10.0
 # Supports per batch: one BatchTransfer of at most 2 × 250 legs (Wallet takes 1,000 items).
 MAX_BATCH = 250
 MAX_GROUPS_PER_RPC = 500
-# Batches in flight at once: while one waits for Wallet the next one forms.
-BATCHES_IN_FLIGHT = 1
+# Batches waiting between two pipeline stages, and batches a stage merges into one step.
+STAGE_DEPTH = 1
+MAX_MERGED_BATCHES = 8
 # Requests waiting for a batch; beyond this the service answers UNAVAILABLE at once.
 MAX_QUEUED = 20_000
 # A PENDING intent older than this is re-driven by the sweeper (an in-flight one takes at most the
@@ -314,6 +315,13 @@ class _Item:
             self.future.set_result(result)
 
 
+def _fail(items: Sequence[_Item], error: BaseException | None = None) -> None:
+    """Answers items a stage could not finish: once an intent exists its outcome is unknown to the
+    caller, not an error (the replay of the request id or the sweeper finishes it)."""
+    for item in items:
+        item.resolve(outcome_unknown() if item.tip_id or error is None else error)
+
+
 class _RateLimiterDown(Exception):
     """Rolls back a batch's new intents: without the limiter nothing new is taken."""
 
@@ -413,8 +421,21 @@ _RECORD_SQL = text(
 )
 
 
+@dataclass(slots=True)
+class _Batch:
+    """Supports on their way through the pipeline: the items and the charges they need."""
+
+    items: list[_Item]
+    drive: dict[str, Charge]
+
+
 class Payments:
-    """Drafts in, final answers out: the batched intent → Wallet → outcome pipeline."""
+    """Drafts in, final answers out: the intent → Wallet → outcome pipeline, in three stages that
+    run concurrently, each on whatever the stage before has handed it meanwhile (group commit at
+    every stage): intake (intents + rate limit, one transaction), payer (one Wallet call), settler
+    (one transaction for outcomes, boards and events, then the answers). One task per stage: the
+    settle of a hot creator's batches serializes on its rows anyway, so one settler at a time does
+    the same work in fewer, larger transactions."""
 
     def __init__(
         self,
@@ -428,26 +449,35 @@ class Payments:
         self.limiter = limiter
         self.notify = notify
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=MAX_QUEUED)
-        self._workers: list[asyncio.Task] = []
+        # Bounded hand-offs: a slow later stage holds the earlier ones back instead of piling up.
+        self._paying: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=STAGE_DEPTH)
+        self._settling: asyncio.Queue[tuple[list[_Batch], list[Outcome]]] = asyncio.Queue(maxsize=STAGE_DEPTH)
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        if not self._workers:
-            self._workers = [
-                asyncio.create_task(self._work(), name=f"gifts-payments-{i}") for i in range(BATCHES_IN_FLIGHT)
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._intake(), name="gifts-intake"),
+                asyncio.create_task(self._payer(), name="gifts-payer"),
+                asyncio.create_task(self._settler(), name="gifts-settler"),
             ]
 
     async def stop(self) -> None:
-        workers, self._workers = self._workers, []
-        for task in workers:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        shutting_down = DomainError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "this server is shutting down; retry")
         while not self._queue.empty():
-            self._queue.get_nowait().resolve(
-                DomainError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "this server is shutting down; retry")
-            )
+            self._queue.get_nowait().resolve(shutting_down)
+        while not self._paying.empty():
+            _fail(self._paying.get_nowait().items)
+        while not self._settling.empty():
+            for batch in self._settling.get_nowait()[0]:
+                _fail(batch.items)
 
     async def submit(self, draft: Draft) -> Answer:
-        if not self._workers:
+        if not self._tasks:
             raise DomainError(grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", "this server is not taking payments")
         item = _Item(draft, asyncio.get_running_loop().create_future())
         try:
@@ -459,41 +489,76 @@ class Payments:
         # Shielded: a caller that goes away must not cancel a batch other callers share.
         return await asyncio.shield(item.future)
 
-    async def _work(self) -> None:
+    # ---- the three stages ---------------------------------------------------------------------------
+
+    async def _intake(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < MAX_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            items = [await self._queue.get()]
+            while len(items) < MAX_BATCH and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            batch = _Batch(items, {})
             try:
-                await self._process(batch)
+                await self._record(items, batch.drive)
+                await self._paying.put(batch)
             except asyncio.CancelledError:
-                for item in batch:
-                    item.resolve(outcome_unknown())
+                _fail(items)
                 raise
             except Exception as error:
-                log.exception("payment batch failed", extra={"supports": len(batch)})
-                for item in batch:
-                    # Once an intent exists its outcome is unknown to the caller, not an error: the
-                    # replay of the request id or the sweeper finishes it.
-                    item.resolve(outcome_unknown() if item.tip_id else error)
+                log.exception("recording payments failed", extra={"supports": len(items)})
+                _fail(items, error)
 
-    # ---- one batch ---------------------------------------------------------------------------------
-
-    async def _process(self, batch: list[_Item]) -> None:
-        drive: dict[str, Charge] = {}
-        await self._record(batch, drive)
-        if drive:
+    async def _payer(self) -> None:
+        while True:
+            batches = [await self._paying.get()]
+            while len(batches) < MAX_MERGED_BATCHES and not self._paying.empty():
+                batches.append(self._paying.get_nowait())
+            charges = {tip_id: c for batch in batches for tip_id, c in batch.drive.items()}
             try:
-                outcomes = await self.pay(list(drive.values()))
+                outcomes = await self.pay(list(charges.values())) if charges else []
+            except asyncio.CancelledError:
+                for batch in batches:
+                    _fail(batch.items)
+                raise
             except grpc.aio.AioRpcError as error:
                 log.warning("wallet unreachable; the intents stay pending", extra={"code": error.code().name})
                 outcomes = []
-            if outcomes:
-                settled = await self.settle(outcomes)
-                for item in batch:
-                    if item.tip_id in settled:
-                        item.row = settled[item.tip_id]
-        await self._answer(batch)
+            except Exception:
+                log.exception("paying failed; the intents stay pending", extra={"supports": len(charges)})
+                outcomes = []
+            try:
+                await self._settling.put((batches, outcomes))
+            except asyncio.CancelledError:
+                for batch in batches:
+                    _fail(batch.items)
+                raise
+
+    async def _settler(self) -> None:
+        while True:
+            handed = [await self._settling.get()]
+            while len(handed) < MAX_MERGED_BATCHES and not self._settling.empty():
+                handed.append(self._settling.get_nowait())
+            items = [item for batches, _ in handed for batch in batches for item in batch.items]
+            outcomes = [outcome for _, part in handed for outcome in part]
+            try:
+                if outcomes:
+                    try:
+                        settled = await self.settle(outcomes)
+                    except Exception:
+                        # The answers below read the intents as stored: PENDING → outcome unknown.
+                        log.exception("settling failed; the sweeper will finish", extra={"supports": len(outcomes)})
+                        settled = {}
+                    for item in items:
+                        if item.tip_id in settled:
+                            item.row = settled[item.tip_id]
+                await self._answer(items)
+            except asyncio.CancelledError:
+                _fail(items)
+                raise
+            except Exception:
+                log.exception("answering payments failed", extra={"supports": len(items)})
+                _fail(items)
+
+    # ---- one batch ---------------------------------------------------------------------------------
 
     async def _record(self, batch: list[_Item], drive: dict[str, Charge]) -> None:
         """Inserts the new intents and applies the senders' rate limit in one transaction (a refused
