@@ -60,9 +60,6 @@ MAX_INVITE_PAGE_SIZE = 1_000
 DEFAULT_INVITE_PAGE_SIZE = 100
 # A viewer not seen (JoinStream) for this long by business time is no longer counted.
 PRESENCE_TTL = dt.timedelta(seconds=90)
-# Real seconds between runs of the background loop (sweeper, presence expiry, viewer counts);
-# None disables it (tests run `Streams.tick()` by hand).
-LOOP_INTERVAL_S: float | None = 1.0
 VIEWER_COUNTS_PER_TICK = 1_000
 # WatchStream messages built as bytes, shared by the local watchers at the same feed position.
 ENCODED_CACHE_ENTRIES = 4_096
@@ -882,7 +879,12 @@ class Streams:
                 queue_size=queue,
                 read_count=min(100, queue),
             )
-        self.tickets = Tickets(engine, wallet_grpc.WalletServiceStub(self.wallet_channel), self._notify)
+        self.tickets = Tickets(
+            engine,
+            wallet_grpc.WalletServiceStub(self.wallet_channel),
+            dt.timedelta(seconds=settings.sweep_after_seconds),
+            self._notify,
+        )
         self.servicer = StreamsServicer(engine, self.preset, self.tickets, self.hub, self._notify)
         self._loop: asyncio.Task | None = None
 
@@ -896,8 +898,11 @@ class Streams:
     def start(self) -> None:
         if self.relay is not None:
             self.relay.start()
-        if LOOP_INTERVAL_S is not None:
-            self._loop = asyncio.create_task(run_every(LOOP_INTERVAL_S, self.tick, "streams loop"), name="streams-loop")
+        # The sweeper, presence expiry and viewer counts; FANBANK_BACKGROUND_MS=0: run by hand (tests).
+        if self.settings.background_ms:
+            self._loop = asyncio.create_task(
+                run_every(self.settings.background_ms / 1000, self.tick, "streams loop"), name="streams-loop"
+            )
 
     async def tick(self) -> None:
         """One round of background work; safe in any number of processes at once."""

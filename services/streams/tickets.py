@@ -17,7 +17,8 @@ Purchase, in three steps:
 An unknown outcome (Wallet unreachable, deadline passed; gRPC has already retried UNAVAILABLE) leaves
 the ticket PENDING: PurchaseTicket answers UNAVAILABLE `TICKET_PENDING` (retryable), never a
 refusal, and a retry with the same request id re-drives the same batch and answers the final
-outcome. The sweeper re-drives PENDING tickets older than SWEEP_AFTER for a fan who never retries;
+outcome. The sweeper re-drives PENDING tickets older than FANBANK_SWEEP_AFTER_SECONDS (business time) for a
+fan who never retries;
 either way the fan is charged once and is finally told what happened.
 
 Wallet's definite refusals (FAILED_PRECONDITION such as INSUFFICIENT_FUNDS, NOT_FOUND, …) are final:
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "streams"
 WALLET_DEADLINE_S = 5.0
-# A PENDING ticket (or REFUND_PENDING) older than this by business time is re-driven by the sweeper.
-SWEEP_AFTER = dt.timedelta(seconds=30)
 SWEEP_LIMIT = 500
 # Wallet calls one sweep or one cancellation keeps in flight.
 WALLET_IN_FLIGHT = 16
@@ -161,8 +160,12 @@ _TICKET_WITH_CREATOR = "SELECT t.*, s.creator_id FROM streams.tickets t JOIN str
 
 
 class Tickets:
-    def __init__(self, engine: AsyncEngine, wallet, notify: Callable[[], None] = lambda: None):
+    def __init__(
+        self, engine: AsyncEngine, wallet, sweep_after: dt.timedelta, notify: Callable[[], None] = lambda: None
+    ):
         self.engine = engine
+        # A PENDING ticket (or REFUND_PENDING) older than this by business time is re-driven.
+        self.sweep_after = sweep_after
         self.wallet = wallet  # a WalletServiceStub signed as "streams"
         self.notify = notify
 
@@ -290,9 +293,11 @@ class Tickets:
 
         return list(await asyncio.gather(*(one(w) for w in work)))
 
-    async def sweep(self, older_than: dt.timedelta = SWEEP_AFTER, limit: int = SWEEP_LIMIT) -> int:
+    async def sweep(self, older_than: dt.timedelta | None = None, limit: int = SWEEP_LIMIT) -> int:
         """Re-drives PENDING purchases (a crash or an outage between the intent and the outcome)
-        and REFUND_PENDING refunds older than `older_than`; answers how many were settled."""
+        and REFUND_PENDING refunds older than `older_than` (default: the sweep lease); answers how
+        many were settled."""
+        older_than = self.sweep_after if older_than is None else older_than
         purchases = await self._pending(
             f"t.status = 'PENDING' AND t.created_at <= {NOW_SQL} - CAST(:age AS interval) ORDER BY t.created_at",
             {"age": older_than, "limit": limit},

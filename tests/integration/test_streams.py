@@ -26,9 +26,6 @@ from shared.outbox import Event, Relay, append, outbox_migration_sql
 from shared.watch import make_multi_token
 from tests.harness import Caller, as_user, migrated_engine, reason_of, running, settings_for
 
-# Tests run the background loop's work by hand.
-streams_server.LOOP_INTERVAL_S = None
-
 T0 = dt.datetime(2032, 5, 1, tzinfo=dt.UTC)
 GIFTS = "gifts_scratch"  # stands in for Gifts' outbox: the only writer of stream_gifts: channels
 WAIT = 20.0
@@ -51,7 +48,8 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(database_url, redis_url):
     stack = AsyncExitStack()
-    base = settings_for(database_url, redis_url)
+    # The background loop's work runs by hand (background_ms=0); a 30 s sweep lease.
+    base = settings_for(database_url, redis_url, background_ms=0, sweep_after_seconds=30)
     engine = await migrated_engine(base, pool_size=30)
     async with engine.begin() as conn:
         await conn.exec_driver_sql(outbox_migration_sql(GIFTS))
