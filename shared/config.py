@@ -16,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 SERVICES = ("wallet", "billing", "streams", "gifts", "payouts")
 DEFAULT_PORTS = {"wallet": 50051, "billing": 50052, "streams": 50053, "gifts": 50054, "payouts": 50055}
-# Callers that may move any account: the services themselves and the platform's own backend.
-DEFAULT_INTERNAL_CALLERS = (*SERVICES, "platform", "admin")
+# Callers that may call as themselves (no user): the services, the platform's own backend, and the
+# edge, which does so only to hand a provider's webhook to its service and to serve a creator's
+# overlay by its token. That widens nothing: a leaked edge key can already act for any user and role.
+DEFAULT_INTERNAL_CALLERS = (*SERVICES, "platform", "admin", "edge")
 # Callers whose signed user id and roles a service believes.
 DEFAULT_USER_DELEGATES = ("edge", "platform")
 # Used only when no FANBANK_SERVICE_KEYS is configured, so `make up` works out of the box. Its use
@@ -136,6 +138,12 @@ class Settings:
     # and each feed's queue of undelivered events per channel (full: the watcher is dropped).
     streams_max_watchers: int = 10_000
     streams_watch_queue: int = 256
+    # The edge's rate limits (token buckets in Redis; none without FANBANK_REDIS_URL): requests a
+    # second and burst per client IP and per user; a rate of 0 turns that limit off.
+    edge_ip_rate_per_second: int = 100
+    edge_ip_burst: int = 200
+    edge_user_rate_per_second: int = 20
+    edge_user_burst: int = 60
 
     def key_for(self, caller: str) -> bytes:
         try:
@@ -197,4 +205,8 @@ def load_settings() -> Settings:
         grpc_max_pending_requests=_int("FANBANK_GRPC_MAX_PENDING_REQUESTS", 20_000, 100, 1_000_000),
         streams_max_watchers=_int("FANBANK_STREAMS_MAX_WATCHERS", 10_000, 1, 500_000),
         streams_watch_queue=_int("FANBANK_STREAMS_WATCH_QUEUE", 256, 100, 100_000),
+        edge_ip_rate_per_second=_int("FANBANK_EDGE_IP_RATE_PER_SECOND", 100, 0, 1_000_000),
+        edge_ip_burst=_int("FANBANK_EDGE_IP_BURST", 200, 1, 10_000_000),
+        edge_user_rate_per_second=_int("FANBANK_EDGE_USER_RATE_PER_SECOND", 20, 0, 1_000_000),
+        edge_user_burst=_int("FANBANK_EDGE_USER_BURST", 60, 1, 10_000_000),
     )

@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
+import math
 import time
-import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import grpc
-from google.protobuf.descriptor import FileDescriptor
+from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,12 +27,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 
-from services.edge import openapi, rules, transcode
+from services.edge import handlers, openapi, overlay, rules, transcode, webhooks
 from services.edge.bearer import User, Verifier
 from services.edge.errors import EdgeError, from_rpc_error, internal, status_response
+from services.edge.ratelimit import RateLimiter
 from services.edge.rules import Binding
 from services.edge.sse import EventStream
-from shared import auth, client, logs
+from shared import auth, client
 from shared.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,6 @@ KEEPALIVE_SECONDS = 15.0
 # gets its proper HTTP status instead of a 200 followed by an error event.
 FIRST_EVENT_WAIT_SECONDS = 2.0
 READY_TIMEOUT_SECONDS = 1.0
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-_JSON_TYPE = re.compile(r"application/(?:[a-z0-9.+-]+\+)?json")
 
 
 class Gateway:
@@ -62,6 +61,7 @@ class Gateway:
         keepalive_seconds: float,
         max_streams: int,
         stream_max_seconds: float,
+        limiter: RateLimiter | None = None,
     ):
         settings.key_for(IDENTITY)  # no key for the edge's identity: refuse to start, not fail each call
         self.settings = settings
@@ -72,8 +72,25 @@ class Gateway:
         self.max_streams = max_streams
         self.streams = 0
         self.draining = asyncio.Event()
+        self.limiter = limiter
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], object] = {}
+
+    async def admit(self, scope, user: User | None) -> None:
+        """Takes this request from its client IP's bucket and its user's; 429 when either is empty."""
+        if self.limiter is None:
+            return
+        client_address = scope.get("client")
+        wait_ms = await self.limiter.admit(client_address[0] if client_address else None, user.id if user else None)
+        if wait_ms:
+            seconds = max(1, math.ceil(wait_ms / 1000))
+            raise EdgeError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "RATE_LIMITED",
+                f"too many requests; try again in {seconds} s",
+                headers={"Retry-After": str(seconds)},
+                retry_delay_ms=wait_ms,
+            )
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
@@ -81,14 +98,18 @@ class Gateway:
         return self._channels[target]
 
     def _callable(self, binding: Binding):
-        key = (binding.grpc_path, self.backends[binding.service_name])
+        return self.method(binding.method, self.backends[binding.service_name])
+
+    def method(self, method: MethodDescriptor, target: str):
+        """The multi-callable for one RPC on one backend, made once."""
+        key = (f"/{method.containing_service.full_name}/{method.name}", target)
         if key not in self._callables:
-            channel = self._channel(key[1])
-            request = transcode.message_class(binding.method.input_type)
-            reply = transcode.message_class(binding.method.output_type)
-            factory = channel.unary_stream if binding.streaming else channel.unary_unary
+            channel = self._channel(target)
+            request = transcode.message_class(method.input_type)
+            reply = transcode.message_class(method.output_type)
+            factory = channel.unary_stream if method.server_streaming else channel.unary_unary
             self._callables[key] = factory(
-                binding.grpc_path, request_serializer=request.SerializeToString, response_deserializer=reply.FromString
+                key[0], request_serializer=request.SerializeToString, response_deserializer=reply.FromString
             )
         return self._callables[key]
 
@@ -99,7 +120,37 @@ class Gateway:
         finally:
             auth.acting_user.reset(token)
 
+    async def call_as_edge(self, method: MethodDescriptor, target: str, request):
+        """A unary call made as the edge itself, with no user (webhooks, overlay tokens)."""
+        token = auth.acting_user.set(None)
+        try:
+            return await self.method(method, target)(request)
+        finally:
+            auth.acting_user.reset(token)
+
     async def open_stream(self, binding: Binding, request, user: User, headers: dict[str, str]) -> EventStream:
+        return await self.open_call(
+            self._callable(binding),
+            request,
+            user,
+            lambda message: transcode.render(binding, message),
+            binding.service_name,
+            headers,
+            resumable=binding.resumable,
+        )
+
+    async def open_call(
+        self,
+        multi_callable,
+        request,
+        user: User | None,
+        render: Callable,
+        service: str,
+        headers: dict[str, str],
+        resumable: bool,
+    ) -> EventStream:
+        """Starts a server-streaming call (for `user`, or as the edge itself when None) and answers
+        the SSE response relaying it, once its first message or failure is known (or a short wait)."""
         if self.streams >= self.max_streams:
             raise EdgeError(grpc.StatusCode.UNAVAILABLE, "TOO_MANY_STREAMS", "this edge holds too many open streams")
         self.streams += 1  # reserved before any await, so a burst cannot overshoot the bound
@@ -107,11 +158,11 @@ class Gateway:
         def closed() -> None:
             self.streams -= 1
 
-        token = auth.acting_user.set((user.id, user.roles))
+        token = auth.acting_user.set((user.id, user.roles) if user else None)
         try:
             # The call's interceptor task copies the context now, so it signs for this user.
             deadline = time.monotonic() + self.stream_max_seconds
-            call = self._callable(binding)(request, timeout=self.stream_max_seconds)
+            call = multi_callable(request, timeout=self.stream_max_seconds)
         except BaseException:
             closed()
             raise
@@ -130,13 +181,14 @@ class Gateway:
         return EventStream(
             call,
             first,
-            lambda message: transcode.render(binding, message),
-            binding.service_name,
+            render,
+            service,
             self.keepalive_seconds,
             self.draining,
             closed,
             headers,
             deadline,
+            (lambda message: message.resume_token) if resumable else None,
         )
 
     async def readiness(self) -> dict[str, str]:
@@ -156,6 +208,8 @@ class Gateway:
         channels, self._channels, self._callables = list(self._channels.values()), {}, {}
         for channel in channels:
             await channel.close()
+        if self.limiter is not None:
+            await self.limiter.close()
 
 
 def _raw_path(scope) -> str:
@@ -190,10 +244,7 @@ class RpcRoute(BaseRoute):
 
     async def handle(self, scope, receive, send) -> None:
         request = Request(scope, receive)
-        rid = request.headers.get("x-request-id", "")
-        if not _REQUEST_ID.fullmatch(rid):
-            rid = uuid.uuid4().hex
-        logs.request_id.set(rid)
+        rid = handlers.request_id(request)
         started = time.perf_counter()
         user = None
         try:
@@ -205,11 +256,19 @@ class RpcRoute(BaseRoute):
                     http_status=405,
                     headers={"Allow": self._allowed(_raw_path(scope))},
                 )
-            user = self.gateway.verifier.verify(request.headers.get("authorization"))
-            body = await _body(request, self.gateway.settings.edge_max_body_bytes) if self.binding.body else None
+            try:
+                user = self.gateway.verifier.verify(request.headers.get("authorization"))
+            except EdgeError:
+                await self.gateway.admit(scope, None)  # bad tokens count against their IP first
+                raise
+            await self.gateway.admit(scope, user)
+            limit = self.gateway.settings.edge_max_body_bytes
+            body = await handlers.json_body(request, limit) if self.binding.body else None
             message = transcode.build_request(
                 self.binding, scope["path_params"], request.query_params.multi_items(), body
             )
+            if self.binding.streaming:
+                transcode.resume_from(self.binding, message, request.headers.get("last-event-id"))
             if self.binding.streaming:
                 response = await self.gateway.open_stream(self.binding, message, user, {"x-request-id": rid})
             else:
@@ -225,56 +284,11 @@ class RpcRoute(BaseRoute):
         if not isinstance(response, EventStream):
             response.headers["x-request-id"] = rid
         await response(scope, receive, send)
-        _access_log(self.binding, scope, getattr(response, "status_code", 200), started, user)
-
-
-def _access_log(binding: Binding, scope, status: int, started: float, user: User | None) -> None:
-    level = logging.DEBUG if status < 400 else logging.ERROR if status >= 500 and status != 503 else logging.INFO
-    if log.isEnabledFor(level):
-        log.log(
-            level,
-            "http",
-            extra={
-                "method": scope["method"],
-                "route": binding.template.text,
-                "rpc": binding.grpc_path,
-                "status": status,
-                "ms": round((time.perf_counter() - started) * 1000, 3),
-                "user": user.id if user else None,
-            },
+        status = getattr(response, "status_code", 200)
+        binding = self.binding
+        handlers.access_log(
+            scope["method"], binding.template.text, binding.grpc_path, status, started, user.id if user else None
         )
-
-
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if body and not _JSON_TYPE.fullmatch(media_type):
-        raise EdgeError(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            "UNSUPPORTED_MEDIA_TYPE",
-            "send the body as application/json",
-            http_status=415,
-        )
-    return body
-
-
-def _too_large(limit: int) -> EdgeError:
-    return EdgeError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        "BODY_TOO_LARGE",
-        f"the request body exceeds {limit} bytes",
-        http_status=413,
-        limit=str(limit),
-    )
 
 
 def default_backends(settings: Settings, bindings: Iterable[Binding]) -> dict[str, str]:
@@ -288,6 +302,11 @@ def default_backends(settings: Settings, bindings: Iterable[Binding]) -> dict[st
     return backends
 
 
+def _target(settings: Settings, backends: dict[str, str], service_full_name: str) -> str:
+    """Where a fixed route's service is: as routed, else its package's configured address."""
+    return backends.get(service_full_name) or settings.addresses[rules.backend_of(service_full_name)]
+
+
 def build_app(
     settings: Settings,
     files: list[FileDescriptor] | None = None,
@@ -296,6 +315,7 @@ def build_app(
     keepalive_seconds: float = KEEPALIVE_SECONDS,
     max_streams: int = MAX_STREAMS,
     stream_max_seconds: float = STREAM_MAX_SECONDS,
+    rate_limit_prefix: str = "fanbank:edge:rate",
 ) -> Starlette:
     """The edge for `files` (default: every compiled Fanbank proto), each service's calls going to
     `backends[service full name]` (default: the configured address of the service's package)."""
@@ -304,7 +324,13 @@ def build_app(
     missing = {b.service_name for b in bound} - set(backends)
     if missing:
         raise ConfigError(f"no backend address for {', '.join(sorted(missing))}")
-    gateway = Gateway(settings, backends, keepalive_seconds, max_streams, stream_max_seconds)
+    limiter = None
+    if settings.redis_url:
+        limiter = RateLimiter(Redis.from_url(settings.redis_url), settings, rate_limit_prefix)
+        log.info("rate limits on", extra={"limits": limiter.describe()})
+    else:
+        log.warning("rate limits off: no FANBANK_REDIS_URL (the edge keeps its buckets in Redis)")
+    gateway = Gateway(settings, backends, keepalive_seconds, max_streams, stream_max_seconds, limiter)
     if gateway.verifier.using_dev_secret:
         log.warning("using the built-in development JWT secret (set FANBANK_JWT_SECRET in production)")
     document = openapi.document(bound)
@@ -332,6 +358,8 @@ def build_app(
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
+        *webhooks.routes(gateway, _target(settings, backends, webhooks.BILLING.full_name)),
+        *overlay.routes(gateway, _target(settings, backends, overlay.GIFTS.full_name)),
         *(RpcRoute(b, gateway, bound) for b in bound),
     ]
     middleware = []

@@ -7,9 +7,11 @@ and the reasons in EDGE_REASONS, so a client handles both alike and a test can t
 
 from __future__ import annotations
 
+import math
+
 import grpc
 from google.protobuf import json_format
-from google.rpc import status_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from starlette.responses import JSONResponse
 
@@ -54,6 +56,8 @@ EDGE_REASONS = frozenset(
         "UNSUPPORTED_MEDIA_TYPE",
         "BODY_TOO_LARGE",
         "TOO_MANY_STREAMS",
+        "RATE_LIMITED",
+        "OVERLAY_NOT_FOUND",
         "BACKEND_UNAVAILABLE",
         "BACKEND_TIMEOUT",
         "INTERNAL",
@@ -73,11 +77,12 @@ class EdgeError(Exception):
         message: str,
         http_status: int | None = None,
         headers: dict[str, str] | None = None,
+        retry_delay_ms: int | None = None,
         **metadata: str,
     ):
         assert reason in EDGE_REASONS, reason
         super().__init__(message)
-        self.error = DomainError(code, reason, message, metadata)
+        self.error = DomainError(code, reason, message, metadata, retry_delay_ms)
         self.http_status = http_status or HTTP_STATUS[code]
         self.headers = headers or {}
 
@@ -99,7 +104,20 @@ def status_response(status: status_pb2.Status, http_status: int | None = None, h
     headers = dict(headers or {})
     if http_status == 401:
         headers.setdefault("WWW-Authenticate", _WWW_AUTHENTICATE)
+    delay = retry_delay_seconds(status)
+    if delay is not None and http_status in (429, 503):
+        headers.setdefault("Retry-After", str(delay))
     return JSONResponse(json_format.MessageToDict(status), http_status, headers)
+
+
+def retry_delay_seconds(status: status_pb2.Status) -> int | None:
+    """The RetryInfo delay, rounded up to whole seconds as Retry-After counts them."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            return max(1, math.ceil(retry.retry_delay.ToMilliseconds() / 1000))
+    return None
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError, service: str) -> status_pb2.Status:

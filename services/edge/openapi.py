@@ -12,6 +12,8 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.rpc import status_pb2
 
 from services.edge.rules import Binding
+from shared.gen.fanbank.billing.v1 import billing_service_pb2 as bpb
+from shared.gen.fanbank.gifts.v1 import gifts_service_pb2 as gpb
 
 F = FieldDescriptor
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -130,6 +132,7 @@ def document(bindings: list[Binding], title: str = "Fanbank", version: str = "v1
         operation["responses"].update({"401": unauthorized, "default": error})
         paths.setdefault(binding.template.openapi_path, {})[binding.http_method.lower()] = operation
     paths.update(_public_paths())
+    paths.update(_fixed_paths(schemas, unauthorized, error))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -215,6 +218,84 @@ def _query_parameters(
             parameter.update(style="form", explode=True)
         parameters.append(parameter)
     return parameters
+
+
+def _fixed_paths(schemas: _Schemas, unauthorized: dict, error: dict) -> dict[str, Any]:
+    """The routes written by hand (webhooks.py, overlay.py): no bearer token, their own credentials."""
+    token = {
+        "name": "token",
+        "in": "path",
+        "required": True,
+        "description": "the creator's secret overlay token (RotateOverlayToken)",
+        "schema": {"type": "string"},
+    }
+    events = {
+        "type": "string",
+        "description": "Server-Sent Events: each id is a resume token (Last-Event-ID resumes); each data is "
+        "one JSON object of x-event-data",
+    }
+    return {
+        "/webhooks/livekit": {
+            "post": {
+                "operationId": "livekit_webhook",
+                "summary": "LiveKit webhook, passed to Billing with its Authorization header",
+                "security": [],
+                "parameters": [
+                    {"name": "Authorization", "in": "header", "required": False, "schema": {"type": "string"}}
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/webhook+json": {
+                            "schema": {"type": "object", "description": "LiveKit's WebhookEvent, signed byte for byte"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "verified and handled",
+                        "content": {
+                            "application/json": {"schema": schemas.message(bpb.ReceiveMediaWebhookResponse.DESCRIPTOR)}
+                        },
+                    },
+                    "401": unauthorized,
+                    "default": error,
+                },
+            }
+        },
+        "/overlay/{token}": {
+            "get": {
+                "operationId": "overlay_page",
+                "summary": "the creator's OBS alert page",
+                "security": [],
+                "parameters": [token],
+                "responses": {
+                    "200": {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "default": error,
+                },
+            }
+        },
+        "/overlay/{token}/events": {
+            "get": {
+                "operationId": "overlay_events",
+                "summary": "the creator's alerts as Server-Sent Events, for the overlay page",
+                "security": [],
+                "parameters": [token],
+                "responses": {
+                    "200": {
+                        "description": "OK",
+                        "content": {
+                            "text/event-stream": {
+                                "schema": events,
+                                "x-event-data": schemas.message(gpb.WatchCreatorAlertsResponse.DESCRIPTOR),
+                            }
+                        },
+                    },
+                    "default": error,
+                },
+            }
+        },
+    }
 
 
 def _public_paths() -> dict[str, Any]:

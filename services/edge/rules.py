@@ -28,6 +28,8 @@ _FIELD_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 # fanbank.<service>.v<N>: the package names the deployable that serves it.
 _PACKAGE = re.compile(r"fanbank\.([a-z]+)\.v[0-9]+")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# The field through which resumable feeds (shared/watch.py tokens) hand out and take back positions.
+RESUME_TOKEN_FIELD = "resume_token"
 
 
 class RuleError(ValueError):
@@ -80,6 +82,20 @@ class Binding:
     @property
     def key(self) -> tuple[str, str]:
         return self.http_method, self.template.text
+
+    @property
+    def resumable(self) -> bool:
+        """A server stream whose messages carry `resume_token` and whose request takes one back:
+        its SSE ids are those tokens, and Last-Event-ID resumes it."""
+        return self.streaming and is_resumable(self.method)
+
+
+def is_resumable(method: MethodDescriptor) -> bool:
+    def token_field(message: Descriptor) -> bool:
+        field = message.fields_by_name.get(RESUME_TOKEN_FIELD)
+        return field is not None and field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated
+
+    return token_field(method.input_type) and token_field(method.output_type)
 
 
 def discover_files() -> list[FileDescriptor]:

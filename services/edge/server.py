@@ -69,6 +69,9 @@ def make_server(settings: Settings, app, port: int | None = None, handle_signals
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,
     )
+    # The edge writes its own access line, naming the route's template: uvicorn's would carry the raw
+    # path, and an overlay path is a creator's secret.
+    logging.getLogger("uvicorn.access").disabled = True
     return EdgeServer(config, handle_signals)
 
 

@@ -17,16 +17,20 @@ from google.protobuf import json_format
 
 from services.edge.errors import from_rpc_error
 
-# These streams carry no resume token yet, so events are numbered per connection and Last-Event-ID
-# cannot resume; the preamble says so to whoever reads the raw stream.
+# A feed whose messages carry a resume token uses it as each event's id, so a reconnecting
+# EventSource's Last-Event-ID resumes it. Other streams number events per connection, and their
+# preamble says that Last-Event-ID cannot resume them to whoever reads the raw stream.
 PREAMBLE = b": events are numbered per connection; Last-Event-ID does not resume this stream\nretry: 3000\n\n"
+RESUMABLE_PREAMBLE = b": each id is a resume token; reconnect with Last-Event-ID to resume\nretry: 3000\n\n"
 KEEPALIVE = b": keep-alive\n\n"
 DRAINING = b": the edge is shutting down; reconnect\n\n"
 EXPIRED = b": this stream reached its longest duration; reconnect\n\n"
 
 
-def event(event_id: int, data, name: str | None = None) -> bytes:
-    head = f"id: {event_id}\n" + (f"event: {name}\n" if name else "")
+def event(event_id: int | str | None, data, name: str | None = None) -> bytes:
+    """One SSE event; without an id the client keeps the last one it saw (an error event must not
+    replace a resume token)."""
+    head = (f"id: {event_id}\n" if event_id is not None else "") + (f"event: {name}\n" if name else "")
     return (head + "data: " + json.dumps(data, separators=(",", ":")) + "\n\n").encode()
 
 
@@ -57,6 +61,7 @@ class EventStream:
         on_close: Callable[[], None],
         headers: dict[str, str],
         deadline: float,
+        token_of: Callable | None = None,
     ):
         self.call = call
         self.first = first
@@ -67,13 +72,14 @@ class EventStream:
         self.on_close = on_close
         self.headers = headers
         self.deadline = deadline
+        self.token_of = token_of
 
     async def __call__(self, scope, receive, send) -> None:
         headers = {
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache",
             "x-accel-buffering": "no",
-            **self.headers,
+            **{k.lower(): v for k, v in self.headers.items()},
         }
         read = self.first
         gone = asyncio.ensure_future(_disconnected(receive))
@@ -86,7 +92,7 @@ class EventStream:
                     "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
                 }
             )
-            await self._send(send, PREAMBLE)
+            await self._send(send, PREAMBLE if self.token_of is None else RESUMABLE_PREAMBLE)
             sequence = 0
             while True:
                 done, _ = await asyncio.wait(
@@ -103,11 +109,13 @@ class EventStream:
                             await self._send(send, EXPIRED)
                         else:
                             status = json_format.MessageToDict(from_rpc_error(error, self.service))
-                            await self._send(send, event(sequence, status, "error"))
+                            error_id = sequence if self.token_of is None else None
+                            await self._send(send, event(error_id, status, "error"))
                         break
                     if message is grpc.aio.EOF:
                         break
-                    await self._send(send, event(sequence, self.render(message)))
+                    event_id = sequence if self.token_of is None else self.token_of(message)
+                    await self._send(send, event(event_id, self.render(message)))
                     read = asyncio.ensure_future(self.call.read())
                 elif draining in done:
                     await self._send(send, DRAINING)

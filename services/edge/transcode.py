@@ -17,7 +17,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from services.edge.errors import EdgeError
-from services.edge.rules import Binding, resolve
+from services.edge.rules import RESUME_TOKEN_FIELD, Binding, resolve
 
 # Messages that proto3 JSON writes as one string, so a query parameter can carry them.
 _STRING_MESSAGES = frozenset(
@@ -38,6 +38,8 @@ _STRING_MESSAGES = frozenset(
 )
 MAX_QUERY_PARAMETERS = 64
 MAX_JSON_DEPTH = 32
+# Resume tokens are short (a channel and a sequence per channel); anything longer is not one.
+MAX_LAST_EVENT_ID_CHARS = 1024
 
 
 def message_class(descriptor: Descriptor) -> type[Message]:
@@ -74,6 +76,23 @@ def build_request(
             )
     request.MergeFrom(from_params)
     return request
+
+
+def resume_from(binding: Binding, request: Message, last_event_id: str | None) -> None:
+    """A reconnecting EventSource sends the id of the last event it saw as Last-Event-ID; on a
+    resumable feed that id is the resume token. On other streams (ids numbered per connection) it
+    means nothing."""
+    if binding.resumable:
+        resume_token_from(request, last_event_id)
+
+
+def resume_token_from(request: Message, last_event_id: str | None) -> None:
+    """Last-Event-ID becomes the request's resume token, unless the query already chose one."""
+    if not last_event_id or getattr(request, RESUME_TOKEN_FIELD):
+        return
+    if len(last_event_id) > MAX_LAST_EVENT_ID_CHARS:
+        raise _invalid("INVALID_FIELD_VALUE", "Last-Event-ID is too long to be a resume token", field="Last-Event-ID")
+    setattr(request, RESUME_TOKEN_FIELD, last_event_id)
 
 
 def render(binding: Binding, response: Message) -> Any:

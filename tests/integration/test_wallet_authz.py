@@ -253,14 +253,6 @@ async def test_internal_service_may_not_act_for_users(env):
         )
 
 
-async def test_edge_without_a_user_is_not_internal(env):
-    await refused(
-        lambda: env.edge.wallet.GetBalance(pb.GetBalanceRequest(owner_id="fan-x")),
-        UNAUTHENTICATED,
-        "CALLER_NOT_INTERNAL",
-    )
-
-
 def _forged(metadata: list[tuple[str, str]], **replace: str) -> list[tuple[str, str]]:
     return [(key, replace.get(key, value)) for key, value in metadata]
 

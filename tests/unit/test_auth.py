@@ -66,11 +66,14 @@ def test_user_metadata_from_non_delegate(settings):
     assert error.value.reason == "CALLER_MAY_NOT_ACT_FOR_USERS"
 
 
-def test_edge_alone_is_not_internal(settings):
+def test_a_delegate_outside_the_internal_callers_needs_a_user(settings):
+    delegate_only = dataclasses.replace(settings, internal_callers=settings.internal_callers - {"edge"})
     md = _meta(auth.sign(settings.key_for("edge"), "edge", "/m"))
     with pytest.raises(DomainError) as error:
-        auth.verify(settings, md, "/m")
+        auth.verify(delegate_only, md, "/m")
     assert error.value.reason == "CALLER_NOT_INTERNAL"
+    # By default the edge is internal: it hands webhooks on and resolves overlay tokens as itself.
+    assert auth.verify(settings, md, "/m").is_service
 
 
 def test_configured_keys(monkeypatch):
