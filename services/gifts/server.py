@@ -729,6 +729,7 @@ class Gifts:
             wallet_grpc.WalletServiceStub(self.wallet_channel),
             RateLimiter(self.redis, limits.tips_gifts_per_second, limits.burst),
             self.relay.notify,
+            dt.timedelta(seconds=settings.sweep_after_seconds),
         )
         self.servicer = GiftsServicer(engine, self.preset, self.payments, self.hub, settings.key_for("gifts"))
         self._loop: asyncio.Task | None = None
@@ -739,9 +740,10 @@ class Gifts:
     def start(self) -> None:
         self.relay.start()
         self.payments.start()
-        if support.LOOP_INTERVAL_S is not None:
+        if self.settings.background_ms:  # 0: the sweeper runs by hand (tests)
             self._loop = asyncio.create_task(
-                run_every(support.LOOP_INTERVAL_S, self.payments.sweep, "gifts sweeper"), name="gifts-sweeper"
+                run_every(self.settings.background_ms / 1000, self.payments.sweep, "gifts sweeper"),
+                name="gifts-sweeper",
             )
 
     async def stop(self) -> None:

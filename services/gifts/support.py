@@ -25,7 +25,7 @@ Unknown outcomes: if Wallet cannot be reached (after gRPC's own retries of UNAVA
 fails after the Wallet call, the intents stay PENDING and the fan is answered UNAVAILABLE with
 `TIP_OUTCOME_UNKNOWN` and a RetryInfo delay. Retrying the same request id re-drives the intent
 under the same ids and answers the final outcome; the sweeper (`sweep`) re-drives whatever stays
-PENDING longer than `SWEEP_AFTER`, so the tip completes (one charge, one alert) or fails (nothing
+PENDING longer than the sweep lease (`FANBANK_SWEEP_AFTER_SECONDS`), so the tip completes (one charge, one alert) or fails (nothing
 charged) even if the fan never retries, and `ListTips` shows which.
 """
 
@@ -67,12 +67,7 @@ STAGE_DEPTH = 1
 MAX_MERGED_BATCHES = 8
 # Requests waiting for a batch; beyond this the service answers UNAVAILABLE at once.
 MAX_QUEUED = 20_000
-# A PENDING intent older than this is re-driven by the sweeper (an in-flight one takes at most the
-# Wallet deadline; re-driving one still in flight would be harmless anyway).
-SWEEP_AFTER = dt.timedelta(seconds=30)
 SWEEP_CHUNK = 1_000
-# Real seconds between sweeps of the background loop; None disables it (tests sweep by hand).
-LOOP_INTERVAL_S: float | None = 5.0
 RETRY_DELAY_MS = 1_000
 SETTLE_ATTEMPTS = 3
 
@@ -443,11 +438,15 @@ class Payments:
         wallet,
         limiter: RateLimiter,
         notify: Callable[[], None] = lambda: None,
+        sweep_after: dt.timedelta = dt.timedelta(seconds=60),
     ):
         self.engine = engine
         self.wallet = wallet  # a WalletServiceStub signed as "gifts"
         self.limiter = limiter
         self.notify = notify
+        # A PENDING intent older than this is re-driven by the sweeper: longer than an in-flight
+        # request takes (Wallet's deadline), though re-driving one still in flight would be harmless.
+        self.sweep_after = sweep_after
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=MAX_QUEUED)
         # Bounded hand-offs: a slow later stage holds the earlier ones back instead of piling up.
         self._paying: asyncio.Queue[_Batch] = asyncio.Queue(maxsize=STAGE_DEPTH)
@@ -835,7 +834,7 @@ class Payments:
 
     # ---- the sweeper ----------------------------------------------------------------------------
 
-    async def sweep(self, older_than: dt.timedelta = SWEEP_AFTER, limit: int = SWEEP_CHUNK) -> int:
+    async def sweep(self, older_than: dt.timedelta | None = None, limit: int = SWEEP_CHUNK) -> int:
         """Re-drives intents left PENDING (Wallet unreachable, or a crash between Wallet and the
         settle) under the same derived ids, so Wallet answers the original result; answers how many
         were settled now."""
@@ -846,7 +845,7 @@ class Payments:
                         f"SELECT * FROM gifts.tips WHERE status = 'PENDING' "
                         f"AND created_at <= {NOW_SQL} - CAST(:age AS interval) ORDER BY created_at LIMIT :limit"
                     ),
-                    {"age": older_than, "limit": limit},
+                    {"age": self.sweep_after if older_than is None else older_than, "limit": limit},
                 )
             ).all()
         if not rows:

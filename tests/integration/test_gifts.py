@@ -25,9 +25,6 @@ from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from shared.watch import make_token
 from tests.harness import Caller, as_user, free_port, migrated_engine, reason_of, running, settings_for
 
-# Tests sweep by hand: a background sweeper would race them for the pending rows.
-support.LOOP_INTERVAL_S = None
-
 T0 = dt.datetime(2032, 3, 3, 12, 0, tzinfo=dt.UTC)  # a Wednesday
 STREAM = gpb.CONTEXT_TYPE_STREAM
 POST = gpb.CONTEXT_TYPE_POST
@@ -50,7 +47,8 @@ class Env:
 @pytest.fixture(scope="module")
 async def env(database_url, redis_url):
     stack = AsyncExitStack()
-    base = settings_for(database_url, redis_url)
+    # Tests sweep by hand (background_ms=0): a background sweeper would race them for the pending rows.
+    base = settings_for(database_url, redis_url, background_ms=0)
     engine = await migrated_engine(base, pool_size=20)
     clock = ControlledClock(engine)
     await clock.set(T0)
