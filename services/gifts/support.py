@@ -196,6 +196,21 @@ class Outcome:
     reason: str  # Wallet's ErrorInfo reason when refused
 
 
+# Per-item statuses that say nothing about the money (Wallet busy, a retried conflict, a fault):
+# such an item is not settled; its intent stays PENDING for the replay or the sweeper.
+_TRANSIENT_CODES = frozenset(
+    c.value[0]
+    for c in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    )
+)
+
 _CODES = {"TIP": wpb.TRANSFER_CODE_TIP, "GIFT": wpb.TRANSFER_CODE_GIFT, "LIKE": wpb.TRANSFER_CODE_LIKE}
 
 
@@ -698,6 +713,8 @@ class Payments:
                     for spec in specs[charge.tip_id]
                     if by_id[spec.transfer_id].HasField("error")
                 ]
+                if errors and errors[0].code in _TRANSIENT_CODES:
+                    continue  # not an answer about the money: the intent stays PENDING (re-driven later)
                 if errors:
                     info = error_info(errors[0])
                     outcomes.append(Outcome(charge, False, info.reason if info else "UNKNOWN"))

@@ -2,11 +2,12 @@
 
 import datetime as dt
 
+import grpc
 import pytest
 
 from services.gifts import rules
-from services.gifts.support import Charge, transfer_specs
-from shared.errors import DomainError
+from services.gifts.support import Charge, Payments, transfer_specs
+from shared.errors import DomainError, precondition
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 
@@ -88,3 +89,33 @@ def test_a_reused_request_names_the_first_field_that_differs():
     stored = {"kind": "TIP", "amount_tokens": 5, "message": "a"}
     assert rules.first_difference(stored, {"kind": "TIP", "amount_tokens": 5, "message": "a"}) is None
     assert rules.first_difference(stored, {"kind": "TIP", "amount_tokens": 6, "message": "b"}) == "amount_tokens"
+
+
+async def test_pay_reads_each_groups_answer_and_leaves_transient_ones_pending():
+    charges = [
+        Charge("ok", "TIP", "fan", "creator", 10, 1, 1000, "stream", "s"),
+        Charge("poor", "TIP", "fan2", "creator", 10, 1, 1000, "stream", "s"),
+        Charge("busy", "TIP", "fan3", "creator", 10, 1, 1000, "stream", "s"),
+    ]
+    busy = DomainError(grpc.StatusCode.UNAVAILABLE, "OVERLOADED", "busy").to_status()
+    poor = precondition("INSUFFICIENT_FUNDS", "no").to_status()
+
+    class Wallet:
+        async def BatchTransfer(self, request, **options):
+            assert request.mode == wpb.BATCH_MODE_INDEPENDENT and options["timeout"] > 0
+            response = wpb.BatchTransferResponse()
+            for spec in request.transfers:
+                result = response.results.add(transfer_id=spec.transfer_id)
+                if spec.group_id == "tip:poor":
+                    result.error.CopyFrom(poor)
+                elif spec.group_id == "tip:busy":
+                    result.error.CopyFrom(busy)
+                else:
+                    result.transfer.transfer_id = spec.transfer_id
+            return response
+
+    outcomes = await Payments(None, Wallet(), None).pay(charges)
+    assert [(o.charge.tip_id, o.charged, o.reason) for o in outcomes] == [
+        ("ok", True, ""),
+        ("poor", False, "INSUFFICIENT_FUNDS"),
+    ]
