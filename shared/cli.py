@@ -32,6 +32,7 @@ BENCHMARKS = {
     "wallet-hot": "services.wallet.bench:main",
     "metering": "services.billing.bench:main",
     "tips": "services.gifts.bench:main",
+    "edge": "services.edge.bench:main",
 }
 
 
