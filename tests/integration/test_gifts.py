@@ -483,6 +483,84 @@ async def test_bad_input_changes_nothing(env):
     await audit_ok(env)
 
 
+async def test_more_refusals_and_reused_ids(env):
+    s, creator = env.streamit, uid("creator")
+    invalid, exists = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS
+
+    def gift(**kw):
+        fields = {"name": "Star", "price_tokens": 5, "category": "emoji", "rarity": "common", **kw}
+        return gpb.CreateGiftRequest(request_id=uid("g"), gift=gpb.Gift(**fields))
+
+    cases = [
+        (s.CreateGift(gift(rarity="mythic")), invalid, "INVALID_RARITY"),
+        (s.CreateGift(gift(sort_order=2_000_000)), invalid, "INVALID_SORT_ORDER"),
+        (s.CreateGift(gift(name=" ")), invalid, "TEXT_REQUIRED"),
+        (s.CreateGift(gift(name="n" * 61)), invalid, "TEXT_TOO_LONG"),
+        (s.ListGifts(gpb.ListGiftsRequest(page_size=-1)), invalid, "INVALID_PAGE_SIZE"),
+        (s.ListGifts(gpb.ListGiftsRequest(category="car")), invalid, "INVALID_CATEGORY"),
+        (
+            s.GetLeaderboard(gpb.GetLeaderboardRequest(creator_id=creator, period=gpb.PERIOD_DAY, limit=101)),
+            invalid,
+            "INVALID_LIMIT",
+        ),
+        (
+            s.SetGoal(
+                gpb.SetGoalRequest(
+                    request_id=uid("g"), creator_id=creator, stream_id="s", target_tokens=5, title="\x00"
+                )
+            ),
+            invalid,
+            "TEXT_NOT_PLAIN",
+        ),
+    ]
+    for coro, code, reason in cases:
+        assert await refused(coro) == (code, reason), reason
+    request = gift()
+    await s.CreateGift(request)
+    request.gift.price_tokens = 6
+    assert await refused(s.CreateGift(request)) == (exists, "ID_REUSED_PRICE_TOKENS")
+    goal = gpb.SetGoalRequest(request_id=uid("g"), creator_id=creator, stream_id="s", target_tokens=5)
+    first = (await s.SetGoal(goal)).goal
+    assert (await s.SetGoal(goal)).goal == first
+    goal.target_tokens = 6
+    assert await refused(s.SetGoal(goal)) == (exists, "ID_REUSED_TARGET_TOKENS")
+    rotation = gpb.RotateOverlayTokenRequest(request_id=uid("r"), creator_id=creator)
+    await s.RotateOverlayToken(rotation)
+    rotation.creator_id = uid("creator")
+    assert await refused(s.RotateOverlayToken(rotation)) == (exists, "ID_REUSED_CREATOR_ID")
+
+
+async def test_a_platform_without_tips_or_gifts_refuses_them(env):
+    flowtab = dataclasses.replace(env.settings, preset_name="flowtab")
+    fan, creator = uid("fan"), uid("creator")
+    async with running("gifts", flowtab, env.engine) as (target, _):
+        caller = Caller(env.settings, target)
+        try:
+            g = caller.gifts
+            precondition = grpc.StatusCode.FAILED_PRECONDITION
+            like = gpb.LikeTipRequest(
+                request_id=uid("l"), sender_id=fan, creator_id=creator, context_type=POST, context_id="p"
+            )
+            cases = [
+                (tip(g, fan, creator, 5), "TIPS_DISABLED"),
+                (g.SendGift(gift_request(fan, creator, gpb.Gift(gift_id="any", price_tokens=5))), "GIFTS_DISABLED"),
+                (g.LikeTip(like), "LIKE_TIPS_DISABLED"),
+                (
+                    g.CreateGift(
+                        gpb.CreateGiftRequest(
+                            request_id=uid("g"),
+                            gift=gpb.Gift(name="X", price_tokens=5, category="emoji", rarity="common"),
+                        )
+                    ),
+                    "GIFTS_DISABLED",
+                ),
+            ]
+            for coro, reason in cases:
+                assert await refused(coro) == (precondition, reason), reason
+        finally:
+            await caller.close()
+
+
 async def test_fan_tips_as_themselves_through_the_edge_identity(env):
     fan, creator = uid("fan"), uid("creator")
     await fund(env, fan, 100)
