@@ -530,6 +530,23 @@ async def test_more_refusals_and_reused_ids(env):
     assert await refused(s.RotateOverlayToken(rotation)) == (exists, "ID_REUSED_CREATOR_ID")
 
 
+async def test_without_the_rate_limiter_nothing_new_is_taken(env):
+    fan, creator = uid("fan"), uid("creator")
+    await fund(env, fan, 100)
+    no_redis = dataclasses.replace(env.settings, preset_name="digis", redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    async with running("gifts", no_redis, env.engine) as (target, _):
+        caller = Caller(env.settings, target)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await tip(caller.gifts, fan, creator, 10)
+        finally:
+            await caller.close()
+    assert (e.value.code(), reason_of(e.value)) == (grpc.StatusCode.UNAVAILABLE, "RATE_LIMIT_UNAVAILABLE")
+    assert await spendable(env, fan) == 100
+    async with env.engine.connect() as conn:
+        assert await conn.scalar(text("SELECT count(*) FROM gifts.tips WHERE sender_id = :f"), {"f": fan}) == 0
+
+
 async def test_a_platform_without_tips_or_gifts_refuses_them(env):
     flowtab = dataclasses.replace(env.settings, preset_name="flowtab")
     fan, creator = uid("fan"), uid("creator")
