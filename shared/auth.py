@@ -2,7 +2,10 @@
 
 Every caller signs each call with its own key: HMAC-SHA256 over (caller, user, roles, method,
 expiry). A service believes the user id and roles only when the signature verifies and the caller is
-allowed to act for users; a caller with no user acts as itself and must be an internal service.
+allowed to act for users. A caller with no user acts as itself: an internal service has a service's
+rights; a user delegate that is not internal (the edge) is an anonymous visitor — it may read what is
+public and use RPCs whose own secret authorizes them (a signed webhook, an overlay token), and is
+refused everything that needs a user or a service.
 The expiry is wall-clock time: it bounds replay of captured metadata between hosts, which is a
 transport concern, not business time (the controllable clock does not apply to it).
 """
@@ -44,6 +47,11 @@ class Principal:
     @property
     def is_service(self) -> bool:
         return self.user is None and self.internal
+
+    @property
+    def is_anonymous(self) -> bool:
+        """The edge serving a visitor with no bearer token (a public route, a webhook, an overlay)."""
+        return self.user is None and not self.internal
 
     @property
     def is_privileged(self) -> bool:
@@ -112,7 +120,9 @@ def verify(settings: Settings, metadata: dict[str, str], method: str, now: float
             raise unauthenticated("CALLER_MAY_NOT_ACT_FOR_USERS", f"{caller!r} may not act for users")
         return Principal(caller, user, frozenset(r for r in roles.split(",") if r), internal)
     if not internal:
-        raise unauthenticated("CALLER_NOT_INTERNAL", f"{caller!r} may only call on behalf of a user")
+        if caller not in settings.user_delegates:
+            raise unauthenticated("CALLER_NOT_INTERNAL", f"{caller!r} may only call on behalf of a user")
+        return Principal(caller, None, frozenset(), False)  # an anonymous visitor at the edge
     return Principal(caller, None, frozenset(), True)
 
 
@@ -124,6 +134,13 @@ def principal() -> Principal:
 def require_service(who: Principal, what: str) -> None:
     if not who.is_service:
         raise denied("SERVICE_ONLY", f"{what} is for internal services only")
+
+
+def require_service_or_anonymous(who: Principal, what: str) -> None:
+    """For RPCs whose request carries its own authority (a provider's signature, an overlay token):
+    internal services, and the edge handing on an anonymous visitor's request. Never a user."""
+    if not (who.is_service or who.is_anonymous):
+        raise denied("SERVICE_ONLY", f"{what} is for internal services and the edge only")
 
 
 def require_privileged(who: Principal, what: str) -> None:

@@ -16,10 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 SERVICES = ("wallet", "billing", "streams", "gifts", "payouts")
 DEFAULT_PORTS = {"wallet": 50051, "billing": 50052, "streams": 50053, "gifts": 50054, "payouts": 50055}
-# Callers that may call as themselves (no user): the services, the platform's own backend, and the
-# edge, which does so only to hand a provider's webhook to its service and to serve a creator's
-# overlay by its token. That widens nothing: a leaked edge key can already act for any user and role.
-DEFAULT_INTERNAL_CALLERS = (*SERVICES, "platform", "admin", "edge")
+# Callers that may call as themselves (no user) with a service's rights: the services and the
+# platform's own backend. The edge is not one: without a user it is an anonymous visitor (see
+# shared/auth.py), so nothing it forwards can reach a service-only RPC.
+DEFAULT_INTERNAL_CALLERS = (*SERVICES, "platform", "admin")
 # Callers whose signed user id and roles a service believes.
 DEFAULT_USER_DELEGATES = ("edge", "platform")
 # Used only when no FANBANK_SERVICE_KEYS is configured, so `make up` works out of the box. Its use

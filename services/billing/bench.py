@@ -2,11 +2,14 @@
 
 Set-up (documented bulk path, not measured): C fans, each funded through `Wallet.BatchTransfer`, and
 C creators (a creator is in one 1:1 call at a time) with an ACTIVE call each, inserted into
-`billing.calls` in one statement with block 0 due now. A first, untimed tick charges block 0 and so
-creates every creator's earnings account, as in a running system. Then block 1 is made due for every
-call (next block time and heartbeat moved to now in one UPDATE) and the measured tick runs: the
-real `Metering.tick()` — claims, PENDING intents, `Wallet.BatchTransfer` to a Wallet OS process,
-outcomes, call updates, outbox events — until nothing is due.
+`billing.calls` in one statement with block 0 due now. Business time is the controlled clock
+(shared/clock.py; the Wallet process runs on it too), standing still during a tick: a tick slower
+than the 30 s block would otherwise find the next block due before it finished and never end. A
+first, untimed tick charges block 0 and so creates every creator's earnings account, as in a
+running system. Then the clock moves one block on, every lease is renewed in one UPDATE (standing
+in for the media server's HeartbeatCalls) and the measured tick runs: the real `Metering.tick()` —
+claims, PENDING intents, `Wallet.BatchTransfer` to a Wallet OS process, outcomes, call updates,
+outbox events — until nothing is due.
 
 Baseline, in the same run and database: the seeds' cron design on its own tables — one row-locked
 transaction per call (lock the call, lock the fan's and the creator's wallet rows in id order, check
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import os
 import tempfile
@@ -35,6 +39,7 @@ from services.billing import metering
 from services.billing.metering import Metering
 from shared import client
 from shared.bench import ServiceProcess, bounded, cpu_seconds, database, postgres_pids, postgres_root
+from shared.clock import ControlledClock
 from shared.config import load_settings
 from shared.db import make_engine, migrate
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -141,14 +146,14 @@ class Run:
                 },
             )
 
-    async def make_next_block_due(self) -> int:
+    async def next_block(self) -> int:
+        """Moves the clock one block on and renews every call's lease; answers the calls now due."""
+        await self.clock.advance(dt.timedelta(seconds=self.preset.calls.block_seconds))
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 text(
-                    f"UPDATE billing.calls SET next_block_at = {metering.NOW_SQL}, deadline_at = {metering.NOW_SQL}, "
-                    f"last_heartbeat_at = {metering.NOW_SQL} "
-                    "WHERE request_scope = 'bench' AND status = 'ACTIVE' AND charging_block_no IS NULL "
-                    "AND call_id LIKE :prefix"
+                    f"UPDATE billing.calls SET last_heartbeat_at = {metering.NOW_SQL} "
+                    f"WHERE status = 'ACTIVE' AND call_id LIKE :prefix AND next_block_at <= {metering.NOW_SQL}"
                 ),
                 {"prefix": f"bm-{self.run_id}-call-%"},
             )
@@ -301,7 +306,9 @@ class Run:
         opts = self.opts
         await migrate(self.engine)
         pg_root = await postgres_root(self.engine)
-        wallet_process = ServiceProcess("wallet", self.database_url, opts.pool, log_dir)
+        self.clock = ControlledClock(self.engine)
+        await self.clock.set(dt.datetime.now(dt.UTC).replace(microsecond=0))
+        wallet_process = ServiceProcess("wallet", self.database_url, opts.pool, log_dir, FANBANK_CLOCK="controlled")
         channel = None
         try:
             await wallet_process.serving()
@@ -321,7 +328,7 @@ class Run:
             warm_started = time.perf_counter()
             warm = await meter.tick()
             self.say(f"set-up: first tick charged {warm:,} blocks in {time.perf_counter() - warm_started:.2f} s")
-            due = await self.make_next_block_due()
+            due = await self.next_block()
             self.say(f"measured tick: block 1 due on {due:,} calls …")
             pids = [wallet_process.pid]
             cpu_before = (cpu_seconds(pids), cpu_seconds([os.getpid()]), cpu_seconds(postgres_pids(pg_root)))
@@ -345,6 +352,7 @@ class Run:
             if channel is not None:
                 await channel.close()
             wallet_process.stop()
+            await self.clock.release()  # a database given by URL goes back to its own time
             await self.engine.dispose()
         for problem in problems[:20]:
             self.say(f"PROBLEM {problem}")

@@ -525,7 +525,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             ) from None
 
     async def ReceiveMediaWebhook(self, request, context):
-        auth.require_service(auth.principal(), "ReceiveMediaWebhook")
+        auth.require_service_or_anonymous(auth.principal(), "ReceiveMediaWebhook")
         if len(request.body) > MAX_WEBHOOK_BYTES:
             raise invalid("WEBHOOK_TOO_LARGE", f"a webhook body is at most {MAX_WEBHOOK_BYTES} bytes", field="body")
         event = self._verified_webhook(request)

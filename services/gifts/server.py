@@ -700,7 +700,7 @@ class GiftsServicer(pb_grpc.GiftsServiceServicer):
         )
 
     async def ResolveOverlayToken(self, request, context):
-        auth.require_service(auth.principal(), "ResolveOverlayToken")
+        auth.require_service_or_anonymous(auth.principal(), "ResolveOverlayToken")
         creator = await self._overlay_creator(request.overlay_token)
         if creator is None:
             raise not_found("OVERLAY_TOKEN_UNKNOWN", "no creator has this overlay token")

@@ -253,6 +253,20 @@ async def test_internal_service_may_not_act_for_users(env):
         )
 
 
+async def test_the_edge_without_a_user_is_an_anonymous_visitor(env):
+    # It reads nobody's balance and reaches no service-only RPC.
+    await refused(
+        lambda: env.edge.wallet.GetBalance(pb.GetBalanceRequest(owner_id="fan-x")),
+        DENIED,
+        "NOT_YOUR_ACCOUNT",
+    )
+    await refused(
+        lambda: env.edge.wallet.GetHold(pb.GetHoldRequest(hold_id="h-1")),
+        DENIED,
+        "SERVICE_ONLY",
+    )
+
+
 def _forged(metadata: list[tuple[str, str]], **replace: str) -> list[tuple[str, str]]:
     return [(key, replace.get(key, value)) for key, value in metadata]
 

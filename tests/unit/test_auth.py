@@ -66,14 +66,25 @@ def test_user_metadata_from_non_delegate(settings):
     assert error.value.reason == "CALLER_MAY_NOT_ACT_FOR_USERS"
 
 
-def test_a_delegate_outside_the_internal_callers_needs_a_user(settings):
-    delegate_only = dataclasses.replace(settings, internal_callers=settings.internal_callers - {"edge"})
+def test_the_edge_alone_is_an_anonymous_visitor_not_a_service(settings):
+    md = _meta(auth.sign(settings.key_for("edge"), "edge", "/m"))
+    who = auth.verify(settings, md, "/m")
+    assert who.is_anonymous and not who.is_service and not who.is_privileged and who.user is None
+    with pytest.raises(DomainError) as error:
+        auth.require_service(who, "X")
+    assert error.value.reason == "SERVICE_ONLY"
+    auth.require_service_or_anonymous(who, "a webhook")  # its own signature authorizes it
+    user = auth.verify(settings, _meta(auth.sign(settings.key_for("edge"), "edge", "/m", user="u1")), "/m")
+    with pytest.raises(DomainError):
+        auth.require_service_or_anonymous(user, "a webhook")
+
+
+def test_a_caller_neither_internal_nor_a_delegate_needs_a_user(settings):
+    outsider = dataclasses.replace(settings, user_delegates=frozenset({"platform"}))
     md = _meta(auth.sign(settings.key_for("edge"), "edge", "/m"))
     with pytest.raises(DomainError) as error:
-        auth.verify(delegate_only, md, "/m")
+        auth.verify(outsider, md, "/m")
     assert error.value.reason == "CALLER_NOT_INTERNAL"
-    # By default the edge is internal: it hands webhooks on and resolves overlay tokens as itself.
-    assert auth.verify(settings, md, "/m").is_service
 
 
 def test_configured_keys(monkeypatch):
