@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 
 from services.edge import handlers, openapi, overlay, rules, transcode, webhooks
-from services.edge.bearer import User, Verifier
+from services.edge.bearer import User, Verifier, token_missing
 from services.edge.errors import EdgeError, from_rpc_error, internal, status_response
 from services.edge.ratelimit import RateLimiter
 from services.edge.rules import Binding
@@ -113,8 +113,8 @@ class Gateway:
             )
         return self._callables[key]
 
-    async def call(self, binding: Binding, request, user: User):
-        token = auth.acting_user.set((user.id, user.roles))
+    async def call(self, binding: Binding, request, user: User | None):
+        token = auth.acting_user.set((user.id, user.roles) if user else None)
         try:
             return await self._callable(binding)(request)
         finally:
@@ -256,11 +256,17 @@ class RpcRoute(BaseRoute):
                     http_status=405,
                     headers={"Allow": self._allowed(_raw_path(scope))},
                 )
-            try:
-                user = self.gateway.verifier.verify(request.headers.get("authorization"))
-            except EdgeError:
-                await self.gateway.admit(scope, None)  # bad tokens count against their IP first
-                raise
+            authorization = request.headers.get("authorization")
+            if authorization is None:
+                # An anonymous visitor: forwarded with no user, and the service decides what is
+                # public (the gift catalog, a stream's page); anything else answers 401 below.
+                user = None
+            else:
+                try:
+                    user = self.gateway.verifier.verify(authorization)
+                except EdgeError:
+                    await self.gateway.admit(scope, None)  # bad tokens count against their IP first
+                    raise
             await self.gateway.admit(scope, user)
             limit = self.gateway.settings.edge_max_body_bytes
             body = await handlers.json_body(request, limit) if self.binding.body else None
@@ -277,7 +283,10 @@ class RpcRoute(BaseRoute):
         except EdgeError as error:
             response = error.response()
         except grpc.aio.AioRpcError as error:
-            response = status_response(from_rpc_error(error, self.binding.service_name))
+            if user is None and error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+                response = token_missing().response()  # not public: who are you?
+            else:
+                response = status_response(from_rpc_error(error, self.binding.service_name))
         except Exception:
             log.exception("edge request failed", extra={"route": self.binding.template.text})
             response = internal().response()

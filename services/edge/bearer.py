@@ -15,7 +15,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from services.edge.errors import unauthenticated
+from services.edge.errors import EdgeError, unauthenticated
 from shared.config import DEV_JWT_SECRET, ConfigError, Settings
 
 # Clock skew tolerated between the token issuer and this host.
@@ -52,7 +52,7 @@ class Verifier:
 
     def verify(self, authorization: str | None) -> User:
         if not authorization:
-            raise unauthenticated("TOKEN_MISSING", "this route needs an Authorization: Bearer token", error=None)
+            raise token_missing()
         scheme, _, token = authorization.strip().partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -107,6 +107,11 @@ def _roles(value) -> tuple[str, ...]:
 def _plain(text: str) -> str:
     """Safe inside the quoted error_description of WWW-Authenticate."""
     return re.sub(r"[^A-Za-z0-9 _.,:()-]", "", text)[:120]
+
+
+def token_missing() -> EdgeError:
+    """401 for a request that sent no token to a route that is not public."""
+    return unauthenticated("TOKEN_MISSING", "this route needs an Authorization: Bearer token", error=None)
 
 
 def public_key(value: str | None) -> RSAPublicKey:

@@ -179,6 +179,32 @@ def _retry_after(response: httpx.Response) -> int:
     return int(response.headers["retry-after"])
 
 
+async def test_public_routes_need_no_token_and_private_ones_ask_for_one(live):
+    # The gift catalog and a creator's call rate are public: an anonymous visitor reads them.
+    catalog = await live.http.get("/v1/gifts")
+    assert catalog.status_code == 200, catalog.text
+    creator = uid("creator")
+    settings = {"rateTokensPerMinute": "100", "available": True}
+    put = await live.http.put(f"/v1/creators/{creator}/call-settings", headers=live.auth(creator), json=settings)
+    assert put.status_code == 200, put.text
+    rate = await live.http.get(f"/v1/creators/{creator}/call-settings")
+    assert rate.status_code == 200 and rate.json()["settings"]["rateTokensPerMinute"] == "100", rate.text
+    # Anything that needs somebody answers 401 with the challenge, never what the service would say.
+    for method, url, body in (
+        ("GET", f"/v1/owners/{creator}/balance", None),
+        ("PUT", f"/v1/creators/{creator}/call-settings", settings),
+        (
+            "POST",
+            "/v1/tips",
+            {"requestId": uid("tip"), "senderId": creator, "creatorId": uid("c"), "amountTokens": "5"},
+        ),
+    ):
+        response = await live.http.request(method, url, json=body)
+        assert response.status_code == 401, (url, response.text)
+        assert response.headers["www-authenticate"].startswith('Bearer realm="fanbank"')
+        assert response.json()["details"][0]["reason"] == "TOKEN_MISSING"
+
+
 async def test_per_user_limit(live):
     limits = {"edge_ip_rate_per_second": 0, "edge_user_rate_per_second": 1, "edge_user_burst": 3}
     async with limited_edge(live, **limits) as http:
