@@ -6,6 +6,7 @@ only provides a class with `registration()`, `start()` and `stop()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,20 @@ async def host(
         runtime.on_stop.append(engine.dispose)
     log.info("serving", extra={"port": runtime.port})
     return runtime, service
+
+
+def start_background(settings: Settings, action: Callable[[], Awaitable[object]], what: str) -> asyncio.Task | None:
+    """Runs `action` every FANBANK_BACKGROUND_MS as a task; None when that is 0 (tests drive it)."""
+    if not settings.background_ms:
+        return None
+    return asyncio.create_task(run_every(settings.background_ms / 1000, action, what), name=what)
+
+
+async def stop_background(task: asyncio.Task | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def run_every(interval_seconds: float, action: Callable[[], Awaitable[object]], what: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import uuid
 from contextlib import asynccontextmanager
 
 import grpc
@@ -18,6 +19,7 @@ from shared.errors import error_info
 from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as billing_grpc
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2_grpc as gifts_grpc
 from shared.gen.fanbank.streams.v1 import streams_service_pb2_grpc as streams_grpc
+from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
 from shared.host import host
 
@@ -79,3 +81,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def uid(prefix: str) -> str:
+    """A fresh id for this test run (test modules share Redis, which outlives their databases)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def fund(wallet, owner: str, amount: int) -> None:
+    """Buys `amount` tokens for `owner` (provider clearing → their purchased account)."""
+    await wallet.Transfer(
+        wpb.TransferRequest(
+            transfer=wpb.TransferSpec(
+                transfer_id=uid("buy"),
+                debit=wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PROVIDER_CLEARING, asset=wpb.ASSET_TOKEN),
+                credit=wpb.AccountRef(owner_id=owner, code=wpb.ACCOUNT_CODE_USER_PURCHASED, asset=wpb.ASSET_TOKEN),
+                amount=amount,
+                code=wpb.TRANSFER_CODE_PURCHASE,
+            )
+        )
+    )
+
+
+async def spendable(wallet, owner: str) -> int:
+    return (await wallet.GetBalance(wpb.GetBalanceRequest(owner_id=owner))).spendable_available
+
+
+async def earned(wallet, owner: str) -> int:
+    """What `owner` holds as creator earnings."""
+    balance = await wallet.GetBalance(wpb.GetBalanceRequest(owner_id=owner))
+    return sum(a.posted for a in balance.accounts if a.ref.code == wpb.ACCOUNT_CODE_CREATOR_EARNINGS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -20,7 +19,6 @@ import grpc
 from google.protobuf import json_format
 from livekit import api as livekit
 from livekit.protocol import webhook as livekit_webhook
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,8 +33,9 @@ from shared.errors import DomainError, denied, invalid, not_found, precondition,
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
-from shared.host import run_every
-from shared.outbox import Event, Relay, append, replay_loader
+from shared.host import run_every, stop_background
+from shared.live import LiveEvents
+from shared.outbox import Event, append
 from shared.presets import Preset, fee_amount, load_preset
 from shared.server import Registration
 from shared.validate import IDENT, MAX_ID_CHARS, check_id
@@ -683,25 +682,18 @@ class Billing:
         self.wallet_channel = client.channel(
             settings, settings.addresses["wallet"], identity="billing", deadline_seconds=metering.WALLET_DEADLINE_S
         )
-        self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-        self.relay = Relay(engine, self.redis, SCHEMA) if self.redis is not None else None
-        self.hub = Hub(self.redis, replay_loader=replay_loader(engine, SCHEMA)) if self.redis is not None else None
-        self.metering = Metering(engine, wallet_grpc.WalletServiceStub(self.wallet_channel), settings, self._notify)
-        self.servicer = BillingServicer(engine, self.preset, self.metering, self.hub, self._notify, settings)
+        self.live = LiveEvents(settings, engine, SCHEMA)
+        self.metering = Metering(engine, wallet_grpc.WalletServiceStub(self.wallet_channel), settings, self.live.notify)
+        self.servicer = BillingServicer(engine, self.preset, self.metering, self.live.hub, self.live.notify, settings)
         if settings.livekit_api_secret == DEV_LIVEKIT_API_SECRET:
             log.warning("FANBANK_LIVEKIT_API_SECRET is not set: LiveKit webhooks verify with the development key")
         self._loop: asyncio.Task | None = None
-
-    def _notify(self) -> None:
-        if self.relay is not None:
-            self.relay.notify()
 
     def registration(self) -> Registration:
         return Registration(SERVICE_NAME, self.servicer, pb_grpc.add_BillingServiceServicer_to_server)
 
     def start(self) -> None:
-        if self.relay is not None:
-            self.relay.start()
+        self.live.start()
         self._loop = asyncio.create_task(self._run(), name="billing-metering")
 
     async def _run(self) -> None:
@@ -718,14 +710,6 @@ class Billing:
         await run_every(self.settings.background_ms / 1000, tick_and_sweep, "metering tick")
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        if self.hub is not None:
-            await self.hub.close()
-        if self.relay is not None:
-            await self.relay.stop()
+        await stop_background(self._loop)
+        await self.live.close()
         await self.wallet_channel.close()
-        if self.redis is not None:
-            await self.redis.aclose()

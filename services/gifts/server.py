@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import logging
 import secrets
 import uuid
 
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -29,14 +27,14 @@ from services.gifts.support import SCHEMA, Answer, Draft, Payments, RateLimiter,
 from shared import auth, client
 from shared.auth import Principal
 from shared.clock import NOW_SQL
-from shared.config import ConfigError, Settings
+from shared.config import Settings
 from shared.errors import DomainError, already_exists, denied, invalid, not_found, precondition
 from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as epb
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2 as pb
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2_grpc as pb_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
-from shared.host import run_every
-from shared.outbox import Relay, replay_loader
+from shared.host import start_background, stop_background
+from shared.live import LiveEvents
 from shared.presets import Preset, load_preset
 from shared.server import Registration
 from shared.validate import check_id
@@ -712,47 +710,34 @@ class Gifts:
     alerts hub. Needs Redis: it holds the senders' rate limits and carries the live alerts."""
 
     def __init__(self, settings: Settings, engine: AsyncEngine, database_url: str):
-        if not settings.redis_url:
-            raise ConfigError("the Gifts service needs FANBANK_REDIS_URL (rate limits and live alerts)")
         self.settings = settings
         self.engine = engine
         self.preset = load_preset(settings.preset_name)
         self.wallet_channel = client.channel(
             settings, settings.addresses["wallet"], identity="gifts", deadline_seconds=support.WALLET_DEADLINE_S
         )
-        self.redis = Redis.from_url(settings.redis_url)
-        self.relay = Relay(engine, self.redis, SCHEMA)
-        self.hub = Hub(self.redis, replay_loader=replay_loader(engine, SCHEMA))
+        self.live = LiveEvents(settings, engine, SCHEMA, required="rate limits and live alerts")
         limits = self.preset.rate_limit
         self.payments = Payments(
             engine,
             wallet_grpc.WalletServiceStub(self.wallet_channel),
-            RateLimiter(self.redis, limits.tips_gifts_per_second, limits.burst),
-            self.relay.notify,
+            RateLimiter(self.live.redis, limits.tips_gifts_per_second, limits.burst),
+            self.live.notify,
             dt.timedelta(seconds=settings.sweep_after_seconds),
         )
-        self.servicer = GiftsServicer(engine, self.preset, self.payments, self.hub, settings.key_for("gifts"))
+        self.servicer = GiftsServicer(engine, self.preset, self.payments, self.live.hub, settings.key_for("gifts"))
         self._loop: asyncio.Task | None = None
 
     def registration(self) -> Registration:
         return Registration(SERVICE_NAME, self.servicer, pb_grpc.add_GiftsServiceServicer_to_server)
 
     def start(self) -> None:
-        self.relay.start()
+        self.live.start()
         self.payments.start()
-        if self.settings.background_ms:  # 0: the sweeper runs by hand (tests)
-            self._loop = asyncio.create_task(
-                run_every(self.settings.background_ms / 1000, self.payments.sweep, "gifts sweeper"),
-                name="gifts-sweeper",
-            )
+        self._loop = start_background(self.settings, self.payments.sweep, "gifts sweeper")
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
+        await stop_background(self._loop)
         await self.payments.stop()
-        await self.hub.close()
-        await self.relay.stop()
+        await self.live.close()
         await self.wallet_channel.close()
-        await self.redis.aclose()

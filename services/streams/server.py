@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -25,7 +24,6 @@ import uuid
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
-from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -38,8 +36,9 @@ from shared.config import Settings
 from shared.errors import DomainError, denied, invalid, not_found, precondition
 from shared.gen.fanbank.streams.v1 import streams_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
-from shared.host import run_every
-from shared.outbox import Event, Relay, append, replay_loader
+from shared.host import start_background, stop_background
+from shared.live import LiveEvents
+from shared.outbox import Event, append
 from shared.presets import BPS_DENOMINATOR, Preset, fee_amount, load_preset
 from shared.server import Registration
 from shared.validate import check_id
@@ -865,20 +864,18 @@ class Streams:
         self.engine = engine
         self.preset = load_preset(settings.preset_name)
         self.wallet_channel = client.channel(settings, settings.addresses["wallet"], identity="streams")
-        self.redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
-        self.relay = Relay(engine, self.redis, SCHEMA) if self.redis is not None else None
-        self.hub = None
-        if self.redis is not None:
-            queue = settings.streams_watch_queue
-            self.hub = Hub(
-                self.redis,
-                replay_loader=replay_loader(engine, SCHEMA),
-                # stream_gifts: belongs to Gifts' outbox: replayed from Redis only.
-                replay_kinds=frozenset({"stream"}),
-                max_subscribers=2 * settings.streams_max_watchers,
-                queue_size=queue,
-                read_count=min(100, queue),
-            )
+        queue = settings.streams_watch_queue
+        self.live = LiveEvents(
+            settings,
+            engine,
+            SCHEMA,
+            # stream_gifts: belongs to Gifts' outbox: replayed from Redis only.
+            replay_kinds=frozenset({"stream"}),
+            max_subscribers=2 * settings.streams_max_watchers,
+            queue_size=queue,
+            read_count=min(100, queue),
+        )
+        self.hub = self.live.hub
         self.tickets = Tickets(
             engine,
             wallet_grpc.WalletServiceStub(self.wallet_channel),
@@ -889,20 +886,15 @@ class Streams:
         self._loop: asyncio.Task | None = None
 
     def _notify(self) -> None:
-        if self.relay is not None:
-            self.relay.notify()
+        self.live.notify()
 
     def registration(self) -> Registration:
         return Registration(SERVICE_NAME, self.servicer, add_to_server)
 
     def start(self) -> None:
-        if self.relay is not None:
-            self.relay.start()
+        self.live.start()
         # The sweeper, presence expiry and viewer counts; FANBANK_BACKGROUND_MS=0: run by hand (tests).
-        if self.settings.background_ms:
-            self._loop = asyncio.create_task(
-                run_every(self.settings.background_ms / 1000, self.tick, "streams loop"), name="streams-loop"
-            )
+        self._loop = start_background(self.settings, self.tick, "streams loop")
 
     async def tick(self) -> None:
         """One round of background work; safe in any number of processes at once."""
@@ -952,14 +944,6 @@ class Streams:
         return len(rows)
 
     async def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop
-        if self.hub is not None:
-            await self.hub.close()
-        if self.relay is not None:
-            await self.relay.stop()
+        await stop_background(self._loop)
+        await self.live.close()
         await self.wallet_channel.close()
-        if self.redis is not None:
-            await self.redis.aclose()

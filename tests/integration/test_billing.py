@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-import uuid
 from contextlib import AsyncExitStack
 
 import grpc
@@ -22,7 +21,8 @@ from shared.config import DEV_LIVEKIT_API_KEY, DEV_LIVEKIT_API_SECRET
 from shared.db import make_engine
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as bpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
-from tests.harness import Caller, as_user, migrated_engine, reason_of, running, settings_for
+from tests import harness
+from tests.harness import Caller, as_user, migrated_engine, reason_of, running, settings_for, uid
 
 T0 = dt.datetime(2032, 3, 1, tzinfo=dt.UTC)
 BLOCK = dt.timedelta(seconds=30)
@@ -61,22 +61,8 @@ async def env(database_url, redis_url):
     await engine.dispose()
 
 
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 async def fund(env: Env, owner: str, amount: int) -> None:
-    await env.wallet.Transfer(
-        wpb.TransferRequest(
-            transfer=wpb.TransferSpec(
-                transfer_id=uid("buy"),
-                debit=wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PROVIDER_CLEARING, asset=wpb.ASSET_TOKEN),
-                credit=wpb.AccountRef(owner_id=owner, code=wpb.ACCOUNT_CODE_USER_PURCHASED, asset=wpb.ASSET_TOKEN),
-                amount=amount,
-                code=wpb.TRANSFER_CODE_PURCHASE,
-            )
-        )
-    )
+    await harness.fund(env.wallet, owner, amount)
 
 
 async def balance(env: Env, owner: str) -> wpb.GetBalanceResponse:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import uuid
 from contextlib import AsyncExitStack
 
 import grpc
@@ -23,7 +22,8 @@ from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as epb
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2 as gpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from shared.watch import make_token
-from tests.harness import Caller, as_user, free_port, migrated_engine, reason_of, running, settings_for
+from tests import harness
+from tests.harness import Caller, as_user, free_port, migrated_engine, reason_of, running, settings_for, uid
 
 T0 = dt.datetime(2032, 3, 3, 12, 0, tzinfo=dt.UTC)  # a Wednesday
 STREAM = gpb.CONTEXT_TYPE_STREAM
@@ -85,31 +85,16 @@ async def env(database_url, redis_url):
     await engine.dispose()
 
 
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 async def fund(env: Env, owner: str, amount: int) -> None:
-    await env.wallet.Transfer(
-        wpb.TransferRequest(
-            transfer=wpb.TransferSpec(
-                transfer_id=uid("buy"),
-                debit=wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PROVIDER_CLEARING, asset=wpb.ASSET_TOKEN),
-                credit=wpb.AccountRef(owner_id=owner, code=wpb.ACCOUNT_CODE_USER_PURCHASED, asset=wpb.ASSET_TOKEN),
-                amount=amount,
-                code=wpb.TRANSFER_CODE_PURCHASE,
-            )
-        )
-    )
+    await harness.fund(env.wallet, owner, amount)
 
 
 async def spendable(env: Env, owner: str) -> int:
-    return (await env.wallet.GetBalance(wpb.GetBalanceRequest(owner_id=owner))).spendable_available
+    return await harness.spendable(env.wallet, owner)
 
 
 async def earnings(env: Env, owner: str) -> int:
-    balance = await env.wallet.GetBalance(wpb.GetBalanceRequest(owner_id=owner))
-    return sum(a.posted for a in balance.accounts if a.ref.code == wpb.ACCOUNT_CODE_CREATOR_EARNINGS)
+    return await harness.earned(env.wallet, owner)
 
 
 async def ledger_legs(env: Env, group: str) -> dict[str, int]:

@@ -24,7 +24,8 @@ from shared.gen.fanbank.streams.v1 import streams_service_pb2 as spb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from shared.outbox import Event, Relay, append, outbox_migration_sql
 from shared.watch import make_multi_token
-from tests.harness import Caller, as_user, migrated_engine, reason_of, running, settings_for
+from tests import harness
+from tests.harness import Caller, as_user, migrated_engine, reason_of, running, settings_for, uid
 
 T0 = dt.datetime(2032, 5, 1, tzinfo=dt.UTC)
 GIFTS = "gifts_scratch"  # stands in for Gifts' outbox: the only writer of stream_gifts: channels
@@ -77,31 +78,16 @@ async def env(database_url, redis_url):
     await engine.dispose()
 
 
-def uid(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
 async def fund(env: Env, owner: str, amount: int) -> None:
-    await env.wallet.Transfer(
-        wpb.TransferRequest(
-            transfer=wpb.TransferSpec(
-                transfer_id=uid("buy"),
-                debit=wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PROVIDER_CLEARING, asset=wpb.ASSET_TOKEN),
-                credit=wpb.AccountRef(owner_id=owner, code=wpb.ACCOUNT_CODE_USER_PURCHASED, asset=wpb.ASSET_TOKEN),
-                amount=amount,
-                code=wpb.TRANSFER_CODE_PURCHASE,
-            )
-        )
-    )
+    await harness.fund(env.wallet, owner, amount)
 
 
 async def spendable(env: Env, owner: str) -> int:
-    return (await env.wallet.GetBalance(wpb.GetBalanceRequest(owner_id=owner))).spendable_available
+    return await harness.spendable(env.wallet, owner)
 
 
 async def earnings(env: Env, owner: str) -> int:
-    bal = await env.wallet.GetBalance(wpb.GetBalanceRequest(owner_id=owner))
-    return sum(a.posted for a in bal.accounts if a.ref.code == wpb.ACCOUNT_CODE_CREATOR_EARNINGS)
+    return await harness.earned(env.wallet, owner)
 
 
 async def platform_revenue(env: Env) -> int:
@@ -688,7 +674,7 @@ async def test_live_watch_without_a_token_and_token_errors(env):
     for i in range(5):
         await gift(env, sid, f"old-{i}")
     await _until(lambda: _xlen(env, f"stream_gifts:{sid}", 6))
-    redis = env.service.redis
+    redis = env.service.live.redis
     await redis.xtrim(f"stream_gifts:{sid}", maxlen=2, approximate=False)
     old = make_multi_token(streams_server.feed_channels(sid), (1, 1))
     assert await refused(watch(env, sid, 1, token=old)) == (grpc.StatusCode.FAILED_PRECONDITION, "RESUME_TOKEN_TOO_OLD")
@@ -700,7 +686,7 @@ async def _subscribers_back(hub, n):
 
 
 async def _xlen(env, key, n):
-    return await env.service.redis.xlen(key) >= n
+    return await env.service.live.redis.xlen(key) >= n
 
 
 async def _until(predicate):
