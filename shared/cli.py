@@ -33,6 +33,7 @@ BENCHMARKS = {
     "metering": "services.billing.bench:main",
     "tips": "services.gifts.bench:main",
     "edge": "services.edge.bench:main",
+    "fanout": "services.streams.bench:main",
 }
 
 
