@@ -36,17 +36,16 @@ import grpc
 
 from services.edge.token import mint
 from services.gifts.bench import PRESET, _servers
-from services.wallet import bench as wallet_bench
-from services.wallet.bench import TIP_TOKENS, creator_id, fan_id, fan_of
-from shared import client
+from shared import client, tipbench
 from shared.bench import STARTUP_SECONDS, ServiceProcess, bounded, cpu_seconds, percentile
 from shared.config import load_settings
 from shared.db import make_engine, migrate
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2 as gpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
+from shared.tipbench import TIP_TOKENS, creator_id, fan_id, fan_of
 
 SEND_TIP_METHOD = "/fanbank.gifts.v1.GiftsService/SendTip"
-IDENTITY = wallet_bench.IDENTITY  # the platform's backend
+IDENTITY = tipbench.IDENTITY  # the platform's backend
 DEADLINE_SECONDS = 10.0
 MAX_CLIENTS = 1024
 MAX_SSE_CLIENTS = 10_000
@@ -248,7 +247,7 @@ class Run:
             request_serializer=gpb.SendTipRequest.SerializeToString,
             response_deserializer=gpb.SendTipResponse.FromString,
         )
-        signature = wallet_bench._Signature(
+        signature = tipbench.Signature(
             self.settings.key_for(IDENTITY), SEND_TIP_METHOD, self.settings.signature_ttl_seconds
         )
 
@@ -374,7 +373,7 @@ class Run:
             try:
                 wallet, gifts, edge = await self._start(Path(log_dir))
                 async with client.channel(self.settings, wallet.target, identity=IDENTITY) as channel:
-                    await wallet_bench._fund(wallet_grpc.WalletServiceStub(channel), self.run_id, opts.fans)
+                    await tipbench.fund(wallet_grpc.WalletServiceStub(channel), self.run_id, opts.fans)
                 rest = await self.rest(edge, [edge.pid, gifts.pid, wallet.pid])
                 direct = await self.grpc_direct(gifts, [gifts.pid, wallet.pid])
                 sse = await self.sse(edge, gifts)

@@ -37,17 +37,16 @@ import grpc
 import psycopg
 from sqlalchemy import text
 
-from services.wallet import bench as wallet_bench
-from services.wallet.bench import TIP_TOKENS, CpuWatch, Load, LoadProcesses, creator_id, fan_id, fan_of
-from shared import client
+from shared import client, tipbench
 from shared.bench import STARTUP_SECONDS, ServiceProcess, bounded, cpu_seconds, plain_url, postgres_root, with_database
 from shared.config import load_settings
 from shared.db import make_engine, migrate
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2 as gpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
+from shared.tipbench import TIP_TOKENS, CpuWatch, Load, LoadProcesses, creator_id, fan_id, fan_of
 
 SEND_TIP_METHOD = "/fanbank.gifts.v1.GiftsService/SendTip"
-IDENTITY = wallet_bench.IDENTITY  # the platform's backend, an internal caller
+IDENTITY = tipbench.IDENTITY  # the platform's backend, an internal caller
 PRESET = "digis"  # tips from 1 token, 0% fee: the same 1-token tip as the baseline
 DEADLINE_SECONDS = 10.0
 MAX_CLIENTS = 4096
@@ -102,7 +101,7 @@ async def _drive(phase: TipPhase) -> Load:
             )
             for c in channels
         ]
-        signature = wallet_bench._Signature(phase.key, SEND_TIP_METHOD, phase.signature_ttl_seconds)
+        signature = tipbench.Signature(phase.key, SEND_TIP_METHOD, phase.signature_ttl_seconds)
         window = (phase.start_at + phase.warmup_seconds, phase.start_at + phase.warmup_seconds + phase.seconds)
 
         async def one_client(client_index: int) -> None:
@@ -215,11 +214,11 @@ class Run:
         window = (start_at + self.opts.warmup, start_at + self.opts.warmup + self.opts.seconds)
         cpu = CpuWatch(None, self.postgres_root, self.engine)
         load, _ = await asyncio.gather(
-            wallet_bench._baseline_run(self.engine, self.schema, self.opts, start_at), cpu.watch(window)
+            tipbench.baseline_run(self.engine, self.schema, self.opts, start_at), cpu.watch(window)
         )
-        summary = wallet_bench._summary(load, self.opts.seconds)
-        wallet_bench._report("baseline", summary, load, cpu, 1, None)
-        problems = await wallet_bench._baseline_check(self.engine, self.schema, load.acknowledged, self.opts.fans)
+        summary = tipbench.summary(load, self.opts.seconds)
+        tipbench.report("baseline", summary, load, cpu, 1, None)
+        problems = await tipbench.baseline_check(self.engine, self.schema, load.acknowledged, self.opts.fans)
         return summary, problems
 
     async def fanbank(self, loads: LoadProcesses, log_dir: Path) -> tuple[dict, Load, list[str]]:
@@ -241,7 +240,7 @@ class Run:
             self.say(f"wallet process {wallet.pid} on {wallet.target}, gifts process {gifts.pid} on {gifts.target}")
             async with client.channel(self.settings, wallet.target, identity=IDENTITY) as channel:
                 stub = wallet_grpc.WalletServiceStub(channel)
-                await wallet_bench._fund(stub, self.run_id, opts.fans)
+                await tipbench.fund(stub, self.run_id, opts.fans)
                 start_at = time.monotonic() + PHASE_LEAD_SECONDS
                 window = (start_at + opts.warmup, start_at + opts.warmup + opts.seconds)
                 phases = _phases(gifts.target, opts, self.settings, self.run_id, start_at)
@@ -249,14 +248,14 @@ class Run:
                 cpu = CpuWatch(gifts.pid, self.postgres_root, self.engine)
                 wallet_cpu_before = cpu_seconds([wallet.pid])
                 load, _ = await asyncio.gather(loads.run(phases, budget), cpu.watch(window))
-                summary = wallet_bench._summary(load, opts.seconds)
-                report = wallet_bench._report("tips", summary, load, cpu, opts.load_processes, "gifts")
+                summary = tipbench.summary(load, opts.seconds)
+                report = tipbench.report("tips", summary, load, cpu, opts.load_processes, "gifts")
                 # The Wallet's share, over the whole phase (its CPU is not in CpuWatch's server figure).
                 phase_seconds = opts.warmup + opts.seconds
                 wallet_cores = (cpu_seconds([wallet.pid]) - wallet_cpu_before) / phase_seconds
                 print(f"          wallet process: {wallet_cores:.2f} cores over warm-up + window", flush=True)
                 report["wallet_cores"] = round(wallet_cores, 2)
-                problems = await wallet_bench._wallet_checks(stub, self.run_id, load.acknowledged)
+                problems = await tipbench.wallet_checks(stub, self.run_id, load.acknowledged)
                 problems += await _gifts_checks(self.engine, self.run_id, load.acknowledged)
         except BaseException:
             for process in (wallet, gifts):
@@ -280,7 +279,7 @@ class Run:
             async with self.engine.connect() as conn:
                 synchronous_commit = await conn.scalar(text("SHOW synchronous_commit"))
             self.postgres_root = await postgres_root(self.engine)
-            await wallet_bench._baseline_setup(self.engine, self.schema, opts.fans)
+            await tipbench.baseline_setup(self.engine, self.schema, opts.fans)
             self.say(
                 f"tips: {opts.clients} clients in {opts.load_processes} load process(es), {opts.channels} channel(s)"
                 f" each, pool {opts.pool} per process, {opts.fans} fans, warm-up {opts.warmup:g} s + {opts.seconds:g} s"

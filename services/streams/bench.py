@@ -42,9 +42,7 @@ from pathlib import Path
 import grpc
 
 from services.gifts.bench import PRESET, _gifts_checks, _servers
-from services.wallet import bench as wallet_bench
-from services.wallet.bench import TIP_TOKENS, _recv, creator_id, fan_id
-from shared import auth, client
+from shared import auth, client, tipbench
 from shared.bench import STARTUP_SECONDS, ServiceProcess, bounded, cpu_seconds, percentile
 from shared.config import load_settings
 from shared.db import make_engine, migrate
@@ -53,10 +51,11 @@ from shared.gen.fanbank.gifts.v1 import gifts_service_pb2 as gpb
 from shared.gen.fanbank.streams.v1 import streams_service_pb2 as spb
 from shared.gen.fanbank.streams.v1 import streams_service_pb2_grpc as streams_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
+from shared.tipbench import TIP_TOKENS, creator_id, fan_id, recv
 
 SEND_TIP_METHOD = "/fanbank.gifts.v1.GiftsService/SendTip"
 WATCH_METHOD = "/fanbank.streams.v1.StreamsService/WatchStream"
-IDENTITY = wallet_bench.IDENTITY  # the platform's backend, an internal caller
+IDENTITY = tipbench.IDENTITY  # the platform's backend, an internal caller
 STREAMS_PROCESSES = 2
 MAX_SUBSCRIBERS = 40_000
 MAX_TIPS = 1_000
@@ -484,7 +483,7 @@ class LoadProcesses:
 
     @staticmethod
     async def answer(conn: Connection, seconds: float):
-        answer = await _recv(conn, seconds)
+        answer = await recv(conn, seconds)
         if isinstance(answer, tuple) and answer[0] == "failed":
             raise RuntimeError(f"a load process failed: {answer[1]}")
         return answer
@@ -588,6 +587,7 @@ class Run:
         )
         deadline = time.monotonic() + STARTUP_SECONDS
         warmups, next_warmup = 0, time.monotonic() + 1.0
+        next_report = time.monotonic() + 5.0
         while True:
             answers = await loads.ask(("status",), STARTUP_SECONDS)
             ready = sum(a[1] for a in answers)
@@ -599,6 +599,9 @@ class Run:
                 return
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"only {ready} of {opts.subscribers} subscribers registered")
+            if time.monotonic() >= next_report:
+                self.say(f"{ready} of {opts.subscribers} subscribers registered")
+                next_report = time.monotonic() + 5.0
             if time.monotonic() >= next_warmup and warmups < MAX_WARMUP_TIPS:
                 await self._send(send_tip, self._tip(stream_id, f"warmup-{warmups}", opts.tips + warmups))
                 warmups += 1
@@ -644,7 +647,7 @@ class Run:
                     client.channel(self.settings, streams[0].target, identity=IDENTITY) as streams_channel,
                 ):
                     wallet_stub = wallet_grpc.WalletServiceStub(wallet_channel)
-                    await wallet_bench._fund(wallet_stub, self.run_id, opts.tips + MAX_WARMUP_TIPS)
+                    await tipbench.fund(wallet_stub, self.run_id, opts.tips + MAX_WARMUP_TIPS)
                     streams_stub = streams_grpc.StreamsServiceStub(streams_channel)
                     created = await streams_stub.CreateStream(
                         spb.CreateStreamRequest(
@@ -691,7 +694,7 @@ class Run:
                     answers = await loads.ask(("finish", commits, opts.wait), opts.wait + STARTUP_SECONDS)
                     phase_seconds = time.monotonic() - phase_started
                     cpu = {name: round(cpu_seconds([pid]) - cpu_before[name], 2) for name, pid in watched.items()}
-                    problems += await wallet_bench._wallet_checks(wallet_stub, self.run_id, self.sent)
+                    problems += await tipbench.wallet_checks(wallet_stub, self.run_id, self.sent)
                     check_engine = make_engine(self.database_url, 1)
                     try:
                         problems += await _gifts_checks(check_engine, self.run_id, self.sent)
