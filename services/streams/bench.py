@@ -3,7 +3,9 @@
 Wallet, Gifts (preset digis: 1-token tips, no fee leg) and two Streams processes run as their own OS
 processes (`fanbank serve …`) on one database and one Redis. S subscribers (default 10,000; quick
 2,000) hold `WatchStream` on one PUBLIC stream, split evenly over the two Streams processes; they
-run in spawned load processes (several channels each, so clients never share a server's event loop).
+run in spawned load processes (several connections each, so clients never share a server's event
+loop), through a minimal HTTP/2 client (a few µs of CPU per message; `--client grpc`: grpc.aio, which
+costs the shared machine about as much per message as the server), opened at `--open-rate` a second.
 
 Once every subscriber has had a first message (the stream's STARTED event, or a warm-up tip for
 those that registered after it), T tips (default 20) go through Gifts' `SendTip` with the stream as
@@ -59,7 +61,7 @@ IDENTITY = tipbench.IDENTITY  # the platform's backend, an internal caller
 STREAMS_PROCESSES = 2
 MAX_SUBSCRIBERS = 40_000
 MAX_TIPS = 1_000
-MAX_WARMUP_TIPS = 20
+MAX_WARMUP_TIPS = 100
 MAX_LOAD_PROCESSES = 8
 MAX_CHANNELS = 64
 DEADLINE_SECONDS = 10.0
@@ -77,6 +79,13 @@ class WatchJob:
     count: int
     channels_per_target: int
     client: str  # "raw" (a minimal HTTP/2 client) or "grpc" (grpc.aio)
+    open_rate: float  # calls this process opens per second
+
+    async def pace(self, local: int, started: float) -> None:
+        """Calls go out at open_rate: a herd of thousands at once would queue in the servers past
+        their database pool's timeout."""
+        if local % 50 == 49:
+            await asyncio.sleep(max(0.0, started + (local + 1) / self.open_rate - time.monotonic()))
 
 
 @dataclasses.dataclass(slots=True)
@@ -205,6 +214,7 @@ class _GrpcSubscribers(_Subscribers):
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in everyone)), STARTUP_SECONDS)
         metadata = tuple(auth.sign(job.key, IDENTITY, WATCH_METHOD, ttl_seconds=job.signature_ttl_seconds))
         request = spb.WatchStreamRequest(stream_id=job.stream_id)
+        started = time.monotonic()
         for local in range(job.count):
             target, connection = self.target_of(local)
             # No deserializer: the message stays bytes until the finish.
@@ -212,8 +222,7 @@ class _GrpcSubscribers(_Subscribers):
                 WATCH_METHOD, request_serializer=spb.WatchStreamRequest.SerializeToString
             )
             self.tasks.append(asyncio.create_task(self._watch(local, stub(request, metadata=metadata))))
-            if local % 500 == 499:
-                await asyncio.sleep(0)  # let the first calls go out while the rest are made
+            await job.pace(local, started)
 
     async def _watch(self, local: int, call) -> None:
         try:
@@ -415,11 +424,11 @@ class _RawSubscribers(_Subscribers):
                 )
                 per_target.append(protocol)
             self.connections.append(per_target)
+        started = time.monotonic()
         for local in range(job.count):
             target, connection = self.target_of(local)
             self.connections[target][connection].call(local, body)
-            if local % 500 == 499:
-                await asyncio.sleep(0)
+            await job.pace(local, started)
 
     async def close(self) -> None:
         for per_target in self.connections:
@@ -585,7 +594,7 @@ class Run:
         await streams_stub.StartStream(
             spb.StartStreamRequest(request_id=f"bench-{self.run_id}-start", stream_id=stream_id)
         )
-        deadline = time.monotonic() + STARTUP_SECONDS
+        deadline = time.monotonic() + STARTUP_SECONDS + opts.subscribers / opts.open_rate
         warmups, next_warmup = 0, time.monotonic() + 1.0
         next_report = time.monotonic() + 5.0
         while True:
@@ -678,11 +687,12 @@ class Run:
                                 count=count,
                                 channels_per_target=opts.channels,
                                 client=opts.client,
+                                open_rate=opts.open_rate / opts.load_processes,
                             )
                         )
                         first += count
                     for _, conn in loads.links:
-                        await loads.answer(conn, STARTUP_SECONDS)
+                        await loads.answer(conn, STARTUP_SECONDS + opts.subscribers / opts.open_rate)
                     await self._all_ready(loads, streams_stub, send_tip, stream_id)
                     servers = {"wallet": wallet.pid, "gifts": gifts.pid}
                     servers.update({f"streams-{i}": s.pid for i, s in enumerate(streams)})
@@ -761,6 +771,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         choices=("raw", "grpc"),
         default="raw",
         help="subscribers' client: a minimal HTTP/2 one (raw, the default) or grpc.aio",
+    )
+    parser.add_argument(
+        "--open-rate",
+        type=bounded(10.0, 100_000.0, float),
+        default=400.0,
+        help="WatchStream calls opened per second, all load processes together (400)",
     )
     parser.add_argument("--pool", type=bounded(1, 200), default=4, help="database pool per service process (4)")
     parser.add_argument(
