@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -68,6 +69,7 @@ class Gateway:
         self.stream_max_seconds = stream_max_seconds
         self.backends = backends
         self.verifier = Verifier(settings)
+        self._renderers: dict[tuple, Callable] = {}
         self.keepalive_seconds = keepalive_seconds
         self.max_streams = max_streams
         self.streams = 0
@@ -128,12 +130,19 @@ class Gateway:
         finally:
             auth.acting_user.reset(token)
 
+    def _renderer(self, binding: Binding) -> Callable:
+        """One renderer per binding, so the SSE layer can share each event's JSON between clients."""
+        renderer = self._renderers.get(binding.key)
+        if renderer is None:
+            renderer = self._renderers[binding.key] = functools.partial(transcode.render, binding)
+        return renderer
+
     async def open_stream(self, binding: Binding, request, user: User, headers: dict[str, str]) -> EventStream:
         return await self.open_call(
             self._callable(binding),
             request,
             user,
-            lambda message: transcode.render(binding, message),
+            self._renderer(binding),
             binding.service_name,
             headers,
             resumable=binding.resumable,

@@ -8,6 +8,7 @@ out, so a closed browser tab frees its server-side watcher at once rather than a
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import time
 from collections.abc import Callable
@@ -30,8 +31,28 @@ EXPIRED = b": this stream reached its longest duration; reconnect\n\n"
 def event(event_id: int | str | None, data, name: str | None = None) -> bytes:
     """One SSE event; without an id the client keeps the last one it saw (an error event must not
     replace a resume token)."""
+    return event_text(event_id, json.dumps(data, separators=(",", ":")), name)
+
+
+def event_text(event_id: int | str | None, data_json: str, name: str | None = None) -> bytes:
     head = (f"id: {event_id}\n" if event_id is not None else "") + (f"event: {name}\n" if name else "")
-    return (head + "data: " + json.dumps(data, separators=(",", ":")) + "\n\n").encode()
+    return (head + "data: " + data_json + "\n\n").encode()
+
+
+# A live event reaches every SSE client watching it as the same bytes from its backend stream, so
+# its JSON is built once: keyed by the renderer and the message's bytes, bounded, oldest dropped.
+RENDERED_CACHE_ENTRIES = 4096
+_rendered: collections.OrderedDict[tuple, str] = collections.OrderedDict()
+
+
+def rendered_json(render: Callable, message) -> str:
+    key = (render, message.SerializeToString())
+    text = _rendered.get(key)
+    if text is None:
+        text = _rendered[key] = json.dumps(render(message), separators=(",", ":"))
+        if len(_rendered) > RENDERED_CACHE_ENTRIES:
+            _rendered.popitem(last=False)
+    return text
 
 
 async def _disconnected(receive) -> None:
@@ -115,7 +136,7 @@ class EventStream:
                     if message is grpc.aio.EOF:
                         break
                     event_id = sequence if self.token_of is None else self.token_of(message)
-                    await self._send(send, event(event_id, self.render(message)))
+                    await self._send(send, event_text(event_id, rendered_json(self.render, message)))
                     read = asyncio.ensure_future(self.call.read())
                 elif draining in done:
                     await self._send(send, DRAINING)
