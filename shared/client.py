@@ -6,6 +6,7 @@ policy. Every Fanbank RPC is either a read or carries a request id, so a retry c
 from __future__ import annotations
 
 import json
+import time
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -14,6 +15,8 @@ from shared import auth, logs
 from shared.config import Settings
 
 DEFAULT_DEADLINE_SECONDS = 10.0
+# Signatures kept for reuse per channel (method × user × roles); the map is emptied when full.
+MAX_CACHED_SIGNATURES = 10_000
 
 _SERVICE_CONFIG = json.dumps(
     {
@@ -39,13 +42,28 @@ class _Signer:
         self.identity = identity
         self.ttl = settings.signature_ttl_seconds
         self.deadline = deadline_seconds
+        self._signatures: dict[tuple, tuple[float, list[tuple[str, str]]]] = {}
+
+    def _signature(self, method: str, user: str | None, roles: tuple[str, ...]) -> list[tuple[str, str]]:
+        """A signature is valid for its TTL: it is reused for the first half of it (per method, user
+        and roles), so a busy caller computes one HMAC per half-TTL rather than one per call."""
+        now = time.time()
+        key = (method, user, roles)
+        cached = self._signatures.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        if len(self._signatures) >= MAX_CACHED_SIGNATURES:
+            self._signatures.clear()
+        metadata = auth.sign(self.key, self.identity, method, user, roles, self.ttl, now=now)
+        self._signatures[key] = (now + self.ttl / 2, metadata)
+        return metadata
 
     def details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         acting = auth.acting_user.get()
         user, roles = acting if acting else (None, ())
         metadata = list(details.metadata or [])
-        metadata += auth.sign(self.key, self.identity, method, user, roles, self.ttl)
+        metadata += self._signature(method, user, tuple(roles))
         rid = logs.request_id.get()
         if rid and not any(k == "x-request-id" for k, _ in metadata):
             metadata.append(("x-request-id", rid))

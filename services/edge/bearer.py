@@ -8,6 +8,7 @@ here so that a token can never smuggle a second user or role into that payload.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from shared.config import DEV_JWT_SECRET, ConfigError, Settings
 LEEWAY_SECONDS = 30
 MAX_TOKEN_CHARS = 8192
 MAX_ROLES = 32
+MAX_VERIFIED_TOKENS = 50_000
 # Same alphabet as the ids services accept, so a user id can name its own accounts.
 _USER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-/]{0,127}")
 _ROLE = re.compile(r"[a-z0-9][a-z0-9_.\-]{0,63}")
@@ -37,6 +39,7 @@ class User:
 
 class Verifier:
     def __init__(self, settings: Settings):
+        self._verified: dict[str, tuple[User, float, float]] = {}
         self.algorithm = settings.jwt_algorithm
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
@@ -59,6 +62,12 @@ class Verifier:
             raise unauthenticated("TOKEN_MISSING", "the Authorization header must be Bearer <token>", "invalid_request")
         if len(token) > MAX_TOKEN_CHARS:
             raise unauthenticated("TOKEN_INVALID", "the token is too long")
+        cached = self._verified.get(token)
+        if cached is not None:
+            user, not_before, expires = cached
+            if not_before - LEEWAY_SECONDS <= time.time() <= expires + LEEWAY_SECONDS:
+                return user
+            del self._verified[token]  # expired meanwhile: the full check below says so
         try:
             claims = jwt.decode(
                 token,
@@ -82,7 +91,17 @@ class Verifier:
         except jwt.InvalidTokenError as error:
             # PyJWT's messages name only the failed check, never the key or the token.
             raise unauthenticated("TOKEN_INVALID", f"the token does not verify ({_plain(str(error))})") from None
-        return User(_user_id(claims.get("sub")), _roles(claims.get(self.roles_claim)))
+        user = User(_user_id(claims.get("sub")), _roles(claims.get(self.roles_claim)))
+        # A token verified once is the same token until it expires: a client's next requests skip
+        # the signature check (bounded; the map is emptied when full).
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            self._verified.clear()
+        self._verified[token] = (user, _number(claims.get("nbf"), float("-inf")), _number(claims["exp"], 0.0))
+        return user
+
+
+def _number(value, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
 def _user_id(sub) -> str:
