@@ -1,7 +1,7 @@
 """Domain errors and their wire form: a canonical gRPC code plus a `google.rpc.Status` carrying an
 `ErrorInfo{reason, domain, metadata}` (AIP-193).
 
-Services raise `DomainError`; the server interceptor turns it into the status. Nothing else maps
+Services raise `DomainError`; the runtime (shared/server.py) turns it into the status. Nothing else maps
 errors, so every service answers alike.
 """
 

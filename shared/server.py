@@ -1,6 +1,7 @@
-"""The gRPC runtime every service runs on: a `grpc.aio` server with health, reflection, the
-interceptor that authenticates, tags and logs each call and maps domain errors to
-`google.rpc.Status`, and graceful shutdown (NOT_SERVING → drain → stop).
+"""The gRPC runtime every service runs on: a `grpc.aio` server with health, reflection, the wrapper
+(`Instrument`, applied to each servicer method at registration) that authenticates, tags and logs
+each call and maps domain errors to `google.rpc.Status`, and graceful shutdown (NOT_SERVING →
+drain → stop).
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class Gateway:
         self.streams = 0
         self.draining = asyncio.Event()
         self.limiter = limiter
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[str, client.SignedChannel] = {}
         self._callables: dict[tuple[str, str], object] = {}
 
     async def admit(self, scope, user: User | None) -> None:
@@ -94,7 +94,7 @@ class Gateway:
                 retry_delay_ms=wait_ms,
             )
 
-    def _channel(self, target: str) -> grpc.aio.Channel:
+    def _channel(self, target: str) -> client.SignedChannel:
         if target not in self._channels:
             self._channels[target] = client.channel(self.settings, target, identity=IDENTITY)
         return self._channels[target]

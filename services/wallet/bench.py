@@ -95,7 +95,7 @@ class Phase:
     target: str
     key: bytes
     signature_ttl_seconds: int
-    signing: str  # "metadata" or "interceptor"
+    signing: str  # "metadata" or "client"
     channels: int
     first_client: int
     clients: int
@@ -130,12 +130,12 @@ def tip_request(phase: Phase, client_index: int, seq: int) -> pb.TransferRequest
 
 
 def _channel(phase: Phase) -> grpc.aio.Channel:
-    if phase.signing == "interceptor":
+    if phase.signing == "client":
         settings = dataclasses.replace(
             load_settings(), service_keys={IDENTITY: phase.key}, signature_ttl_seconds=phase.signature_ttl_seconds
         )
         return client.channel(settings, phase.target, identity=IDENTITY, deadline_seconds=DEADLINE_SECONDS)
-    # The same options as shared.client's channels, only without the signing interceptor.
+    # The same options as shared.client's channels; the load signs with metadata made once per method.
     return grpc.aio.insecure_channel(
         phase.target,
         options=[
@@ -433,9 +433,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--channels", type=bounded(1, MAX_CHANNELS), default=1, help="channels per load process (1)")
     parser.add_argument(
         "--signing",
-        choices=("metadata", "interceptor"),
+        choices=("metadata", "client"),
         default="metadata",
-        help="metadata: sign once per method and reuse it (default); interceptor: shared.client's per-call signing",
+        help="metadata: sign once per method and reuse it (default); client: shared.client's signed channel",
     )
     opts = parser.parse_args(argv)
     if opts.seconds is None:
