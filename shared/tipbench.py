@@ -15,9 +15,10 @@ import os
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 
+import grpc
 import psutil
 from sqlalchemy import text
 
@@ -387,3 +388,50 @@ async def wallet_checks(stub: pb_grpc.WalletServiceStub, run_id: str, acknowledg
     if earned != acknowledged * TIP_TOKENS:
         problems.append(f"CREATOR_BALANCE: {earned} != {acknowledged} acknowledged tips × {TIP_TOKENS}")
     return problems
+
+
+# ---- the load generator's loops (in spawned processes) -------------------------------------------
+
+
+async def run_clients(
+    clients: range, start_at: float, window: tuple[float, float], call: Callable[[int, int], Awaitable]
+) -> Load:
+    """One loop per client index from `start_at`: `call(client_index, seq)` again and again until the
+    window ends; answered calls in the window are timed, failures counted by code, and the process'
+    CPU during the window recorded. In-flight calls are awaited, never cancelled: a cancelled tip may
+    still commit, and the checks compare money with the calls acknowledged."""
+    load = Load()
+
+    async def one_client(client_index: int) -> None:
+        seq = 0
+        while (started := time.monotonic()) < window[1]:
+            this, seq = seq, seq + 1
+            try:
+                await call(client_index, this)
+            except grpc.aio.AioRpcError as error:
+                load.errors[error.code().name] += 1
+                load.first_error = load.first_error or f"{error.code().name}: {error.details()}"
+                continue
+            load.acknowledged += 1
+            load.record(started, time.monotonic(), window)
+
+    async def cpu_during_window() -> None:
+        await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        before = time.process_time()
+        await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+        load.cpu_seconds = time.process_time() - before
+
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+    await asyncio.gather(cpu_during_window(), *(one_client(i) for i in clients))
+    return load
+
+
+def serve_phases(conn: Connection, drive: Callable[[object], Awaitable[Load]]) -> None:
+    """A load process's life: answers "ready", then runs each phase it receives with `drive` and
+    answers its Load (or the error, the process staying usable); None ends it."""
+    conn.send("ready")
+    while (phase := conn.recv()) is not None:
+        try:
+            conn.send(asyncio.run(drive(phase)))
+        except Exception as exc:  # the parent reports it
+            conn.send(f"{type(exc).__name__}: {exc}")

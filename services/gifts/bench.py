@@ -90,7 +90,6 @@ async def _drive(phase: TipPhase) -> Load:
         grpc.aio.insecure_channel(phase.target, options=[("grpc.keepalive_time_ms", 30_000)])
         for _ in range(phase.channels)
     ]
-    load = Load()
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), STARTUP_SECONDS)
         stubs = [
@@ -104,45 +103,20 @@ async def _drive(phase: TipPhase) -> Load:
         signature = tipbench.Signature(phase.key, SEND_TIP_METHOD, phase.signature_ttl_seconds)
         window = (phase.start_at + phase.warmup_seconds, phase.start_at + phase.warmup_seconds + phase.seconds)
 
-        async def one_client(client_index: int) -> None:
+        async def call(client_index: int, seq: int) -> None:
             stub = stubs[client_index % len(stubs)]
-            seq = 0
-            while (started := time.monotonic()) < window[1]:
-                request = tip_request(phase, client_index, seq)
-                seq += 1
-                try:
-                    await stub(request, metadata=signature.current(), timeout=DEADLINE_SECONDS)
-                except grpc.aio.AioRpcError as error:
-                    load.errors[error.code().name] += 1
-                    load.first_error = load.first_error or f"{error.code().name}: {error.details()}"
-                    continue
-                load.acknowledged += 1
-                load.record(started, time.monotonic(), window)
+            await stub(tip_request(phase, client_index, seq), metadata=signature.current(), timeout=DEADLINE_SECONDS)
 
-        async def cpu_during_window() -> None:
-            await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
-            before = time.process_time()
-            await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
-            load.cpu_seconds = time.process_time() - before
-
-        await asyncio.sleep(max(0.0, phase.start_at - time.monotonic()))
         clients = range(phase.first_client, phase.first_client + phase.clients)
-        # In-flight tips are awaited, never cancelled: the checks compare money with acknowledged tips.
-        await asyncio.gather(cpu_during_window(), *(one_client(i) for i in clients))
+        return await tipbench.run_clients(clients, phase.start_at, window, call)
     finally:
         for c in channels:
             await c.close()
-    return load
 
 
 def _load_process(conn: Connection) -> None:
-    """A load process: runs each TipPhase it receives and answers its Load; None ends it."""
-    conn.send("ready")
-    while (phase := conn.recv()) is not None:
-        try:
-            conn.send(asyncio.run(_drive(phase)))
-        except Exception as exc:  # the parent reports it; the process stays usable
-            conn.send(f"{type(exc).__name__}: {exc}")
+    """A load process (module level, so spawn can import it): runs the SendTip phases it receives."""
+    tipbench.serve_phases(conn, _drive)
 
 
 def _phases(target: str, opts, settings, run_id: str, start_at: float) -> list[TipPhase]:

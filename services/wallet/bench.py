@@ -67,6 +67,8 @@ from shared.tipbench import (
     fan_of,
     fund,
     recv,
+    run_clients,
+    serve_phases,
     wallet_checks,
 )
 from shared.tipbench import (
@@ -150,7 +152,6 @@ async def _drive(phase: Phase) -> Load:
     method = TRANSFER_METHOD if phase.kind == "wallet" else ECHO_METHOD
     response_type = pb.TransferResponse if phase.kind == "wallet" else pb.TransferRequest
     channels = [_channel(phase) for _ in range(phase.channels)]
-    load = Load()
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), STARTUP_SECONDS)
         stubs = [
@@ -165,49 +166,24 @@ async def _drive(phase: Phase) -> Load:
         signed = phase.signing == "metadata"
         window = (phase.start_at + phase.warmup_seconds, phase.start_at + phase.warmup_seconds + phase.seconds)
 
-        async def one_client(client_index: int) -> None:
+        async def call(client_index: int, seq: int) -> None:
             stub = stubs[client_index % len(stubs)]
-            seq = 0
-            while (started := time.monotonic()) < window[1]:
-                request = tip_request(phase, client_index, seq)
-                seq += 1
-                try:
-                    if signed:
-                        await stub(request, metadata=signature.current(), timeout=DEADLINE_SECONDS)
-                    else:
-                        await stub(request)
-                except grpc.aio.AioRpcError as error:
-                    load.errors[error.code().name] += 1
-                    load.first_error = load.first_error or f"{error.code().name}: {error.details()}"
-                    continue
-                load.acknowledged += 1
-                load.record(started, time.monotonic(), window)
+            request = tip_request(phase, client_index, seq)
+            if signed:
+                await stub(request, metadata=signature.current(), timeout=DEADLINE_SECONDS)
+            else:
+                await stub(request)
 
-        async def cpu_during_window() -> None:
-            await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
-            before = time.process_time()
-            await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
-            load.cpu_seconds = time.process_time() - before
-
-        await asyncio.sleep(max(0.0, phase.start_at - time.monotonic()))
         clients = range(phase.first_client, phase.first_client + phase.clients)
-        # In-flight calls are awaited, never cancelled: a cancelled tip may still commit, and the
-        # creator's balance is checked against the tips acknowledged.
-        await asyncio.gather(cpu_during_window(), *(one_client(i) for i in clients))
+        return await run_clients(clients, phase.start_at, window, call)
     finally:
         for c in channels:
             await c.close()
-    return load
 
 
 def _load_process(conn: Connection) -> None:
-    """A load process: runs each Phase it receives and answers its Load; None ends it."""
-    conn.send("ready")
-    while (phase := conn.recv()) is not None:
-        try:
-            conn.send(asyncio.run(_drive(phase)))
-        except Exception as exc:  # the parent reports it; the process stays usable
-            conn.send(f"{type(exc).__name__}: {exc}")
+    """A load process (module level, so spawn can import it): runs the Transfer phases it receives."""
+    serve_phases(conn, _drive)
 
 
 # ---- the echo server (runs in a spawned process) -------------------------------------------------
