@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import logging
 import uuid
@@ -25,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.billing import metering
 from services.billing.metering import Charge, Metering, call_events, end_params, ts, write_rows
-from shared import auth, client
+from shared import auth, client, paging
 from shared.auth import Principal
 from shared.clock import NOW_SQL
 from shared.config import DEV_LIVEKIT_API_SECRET, Settings
@@ -594,16 +593,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         column, owner = ("fan_id", request.fan_id) if request.fan_id else ("creator_id", request.creator_id)
         check_id(column, owner)
         _require_self(principal, owner)
-        if not 0 <= request.page_size <= 1000:
-            raise invalid("INVALID_PAGE_SIZE", "page_size must be 0..1000", field="page_size")
-        size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, accepted=1000)
         after = None
         if request.page_token:
-            try:
-                stamp, _, last_id = base64.urlsafe_b64decode(request.page_token.encode()).decode().partition("|")
-                after = (dt.datetime.fromisoformat(stamp), check_id("page_token", last_id))
-            except (ValueError, UnicodeDecodeError, DomainError):
-                raise invalid("INVALID_PAGE_TOKEN", "page_token is malformed", field="page_token") from None
+            at, last_id, _ = paging.decode_keyset(request.page_token)
+            after = (at, last_id)
         where = f"{column} = :owner" + (" AND (started_at, call_id) < (:at, :id)" if after else "")
         async with self.engine.connect() as conn:
             rows = (
@@ -620,8 +614,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         response = pb.ListCallsResponse(calls=[call_pb(r) for r in rows[:size]])
         if len(rows) > size:
             last = rows[size - 1]
-            token = f"{last.started_at.isoformat()}|{last.call_id}"
-            response.next_page_token = base64.urlsafe_b64encode(token.encode()).decode()
+            response.next_page_token = paging.encode_token(last.started_at.isoformat(), last.call_id)
         return response
 
     async def GetCallStats(self, request, context):

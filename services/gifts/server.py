@@ -13,7 +13,6 @@ overlay tokens. The money path is in `services/gifts/support.py`. Who may do wha
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import logging
 import secrets
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.gifts import rules, support
 from services.gifts.support import SCHEMA, Answer, Draft, Payments, RateLimiter, SoldGift, ts
-from shared import auth, client
+from shared import auth, client, paging
 from shared.auth import Principal
 from shared.clock import NOW_SQL
 from shared.config import Settings
@@ -49,7 +48,6 @@ DEFAULT_TIPS_PAGE = 20
 DEFAULT_GIFTS_PAGE = 50
 DEFAULT_BOARD_SIZE = 10
 MAX_BOARD_SIZE = 100
-MAX_PAGE_TOKEN_CHARS = 400
 
 
 def _require_self(principal: Principal, user_id: str, reason: str = "NOT_YOURS") -> None:
@@ -58,25 +56,7 @@ def _require_self(principal: Principal, user_id: str, reason: str = "NOT_YOURS")
 
 
 def _page_size(asked: int, default: int) -> int:
-    if not 0 <= asked <= MAX_PAGE_SIZE_ASKED:
-        raise invalid("INVALID_PAGE_SIZE", f"page_size must be 0..{MAX_PAGE_SIZE_ASKED}", field="page_size")
-    return min(asked or default, MAX_PAGE_SIZE)
-
-
-def _encode_token(*parts: str) -> str:
-    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
-
-
-def _decode_token(token: str, count: int) -> list[str]:
-    try:
-        if len(token) > MAX_PAGE_TOKEN_CHARS:
-            raise ValueError
-        parts = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-        if len(parts) != count:
-            raise ValueError
-        return parts
-    except (ValueError, UnicodeDecodeError):
-        raise invalid("INVALID_PAGE_TOKEN", "page_token is malformed", field="page_token") from None
+    return paging.page_size(asked, default, MAX_PAGE_SIZE, accepted=MAX_PAGE_SIZE_ASKED)
 
 
 def gift_pb(row) -> pb.Gift:
@@ -267,7 +247,7 @@ class GiftsServicer(pb_grpc.GiftsServiceServicer):
             raise invalid("INVALID_CATEGORY", "unknown category", field="category")
         after = None
         if request.page_token:
-            order, last = _decode_token(request.page_token, 2)
+            order, last = paging.decode_token(request.page_token, 2)
             try:
                 after = (int(order), check_id("page_token", last))
             except (ValueError, DomainError):
@@ -294,7 +274,7 @@ class GiftsServicer(pb_grpc.GiftsServiceServicer):
         response = pb.ListGiftsResponse(gifts=[gift_pb(r) for r in rows[:size]])
         if len(rows) > size:
             last_row = rows[size - 1]
-            response.next_page_token = _encode_token(str(last_row.sort_order), last_row.gift_id)
+            response.next_page_token = paging.encode_token(str(last_row.sort_order), last_row.gift_id)
         return response
 
     # ---- sending --------------------------------------------------------------------------------
@@ -436,11 +416,8 @@ class GiftsServicer(pb_grpc.GiftsServiceServicer):
         size = _page_size(request.page_size, DEFAULT_TIPS_PAGE)
         after = None
         if request.page_token:
-            stamp, last = _decode_token(request.page_token, 2)
-            try:
-                after = (dt.datetime.fromisoformat(stamp), check_id("page_token", last))
-            except (ValueError, DomainError):
-                raise invalid("INVALID_PAGE_TOKEN", "page_token is malformed", field="page_token") from None
+            at, last, _ = paging.decode_keyset(request.page_token)
+            after = (at, last)
         where = f"{column} = :owner{extra}" + (" AND (created_at, tip_id) < (:at, :id)" if after else "")
         async with self.engine.connect() as conn:
             rows = (
@@ -457,7 +434,7 @@ class GiftsServicer(pb_grpc.GiftsServiceServicer):
         response = pb.ListTipsResponse(tips=[tip_pb(r) for r in rows[:size]])
         if len(rows) > size:
             last_row = rows[size - 1]
-            response.next_page_token = _encode_token(last_row.created_at.isoformat(), last_row.tip_id)
+            response.next_page_token = paging.encode_token(last_row.created_at.isoformat(), last_row.tip_id)
         return response
 
     async def GetTipStats(self, request, context):

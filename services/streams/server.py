@@ -15,7 +15,6 @@ merges the stream's own channel `stream:<id>` (this service's outbox) with `stre
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import datetime as dt
 import hashlib
@@ -29,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.streams.tickets import SCHEMA, Charge, Tickets, stream_event
-from shared import auth, client
+from shared import auth, client, paging
 from shared.auth import Principal
 from shared.clock import NOW_SQL
 from shared.config import Settings
@@ -144,26 +143,6 @@ def _check_user_ids(field: str, ids) -> list[str]:
     if len(ids) > MAX_INVITES_PER_REQUEST:
         raise invalid("TOO_MANY_INVITES", f"at most {MAX_INVITES_PER_REQUEST} user ids per request", field=field)
     return sorted({check_id(field, user_id) for user_id in ids})
-
-
-def _page_size(requested: int, default: int, maximum: int) -> int:
-    if not 0 <= requested <= maximum:
-        raise invalid("INVALID_PAGE_SIZE", f"page_size must be 0..{maximum}", field="page_size")
-    return requested or default
-
-
-def _encode_page_token(*parts: str) -> str:
-    return base64.urlsafe_b64encode("|".join(parts).encode()).decode()
-
-
-def _decode_page_token(token: str, count: int) -> list[str]:
-    try:
-        parts = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-    except (ValueError, UnicodeDecodeError):
-        parts = []
-    if len(parts) != count:
-        raise invalid("INVALID_PAGE_TOKEN", "page_token is malformed", field="page_token")
-    return parts
 
 
 # ---- WatchStream messages as bytes ---------------------------------------------------------------
@@ -405,7 +384,7 @@ class StreamsServicer:
 
     async def ListCreatorStreams(self, request, context):
         creator_id = check_id("creator_id", request.creator_id)
-        size = _page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = paging.page_size(request.page_size, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         status = ""
         if request.status != pb.STREAM_STATUS_UNSPECIFIED:
             try:
@@ -414,11 +393,8 @@ class StreamsServicer:
                 raise invalid("INVALID_STATUS", "unknown stream status", field="status") from None
         after = None
         if request.page_token:
-            stamp, last_id, token_status = _decode_page_token(request.page_token, 3)
-            try:
-                after = (dt.datetime.fromisoformat(stamp), check_id("page_token", last_id))
-            except (ValueError, DomainError):
-                raise invalid("INVALID_PAGE_TOKEN", "page_token is malformed", field="page_token") from None
+            at, last_id, (token_status,) = paging.decode_keyset(request.page_token, extra=1)
+            after = (at, last_id)
             if token_status != status:
                 raise invalid("INVALID_PAGE_TOKEN", "page_token belongs to another status filter", field="page_token")
         where = "s.creator_id = :creator"
@@ -442,7 +418,7 @@ class StreamsServicer:
         response = pb.ListCreatorStreamsResponse(streams=[stream_pb(r) for r in rows[:size]])
         if len(rows) > size:
             last = rows[size - 1]
-            response.next_page_token = _encode_page_token(last.created_at.isoformat(), last.stream_id, status)
+            response.next_page_token = paging.encode_token(last.created_at.isoformat(), last.stream_id, status)
         return response
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -578,10 +554,10 @@ class StreamsServicer:
     async def ListInvites(self, request, context):
         row = await self._stream(request.stream_id)
         _require_owner(auth.principal(), row)
-        size = _page_size(request.page_size, DEFAULT_INVITE_PAGE_SIZE, MAX_INVITE_PAGE_SIZE)
+        size = paging.page_size(request.page_size, DEFAULT_INVITE_PAGE_SIZE, MAX_INVITE_PAGE_SIZE)
         after = ""
         if request.page_token:
-            (after,) = _decode_page_token(request.page_token, 1)
+            (after,) = paging.decode_token(request.page_token, 1)
         async with self.engine.connect() as conn:
             users = (
                 await conn.execute(
@@ -595,7 +571,7 @@ class StreamsServicer:
             users = list(users)
         response = pb.ListInvitesResponse(user_ids=users[:size])
         if len(users) > size:
-            response.next_page_token = _encode_page_token(users[size - 1])
+            response.next_page_token = paging.encode_token(users[size - 1])
         return response
 
     # ---- tickets --------------------------------------------------------------------------------
