@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -44,12 +45,24 @@ def service_class(name: str) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+# Python's default GC thresholds (a young collection every 700 net allocations) make a busy
+# service walk its long-lived caches (Wallet's account ids, watch hubs) again and again: measured on
+# `fanbank bench metering --calls 50000`, these thresholds cut Wallet's CPU per block by ~25%.
+# Reference cycles are rare in the request path; they are still collected, just less often.
+GC_THRESHOLDS = (100_000, 50, 1000)
+
+
+def tune_gc() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def host(
     name: str, settings: Settings, port: int | None = None, engine: AsyncEngine | None = None
 ) -> tuple[Runtime, Service]:
     """Starts service `name` on `port` (its configured port if None; 0 picks a free one)."""
     if settings.database_url is None:
         raise SystemExit("FANBANK_DATABASE_URL is not set (`fanbank up` starts an embedded database)")
+    tune_gc()
     own_engine = engine is None
     engine = engine or make_engine(settings.database_url, settings.db_pool_size)
     await refuse_controlled_clock_in_production(engine, settings.clock_mode)

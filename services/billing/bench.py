@@ -44,6 +44,7 @@ from shared.config import load_settings
 from shared.db import make_engine, migrate
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
+from shared.host import tune_gc
 from shared.presets import fee_amount, load_preset
 
 MAX_CALLS = 1_000_000
@@ -374,6 +375,7 @@ class Run:
 
 def main(argv: list[str]) -> int:
     opts = parse_args(argv)
+    tune_gc()  # Billing's metering runs in this process, tuned as `fanbank serve billing` is
     with database(load_settings()) as database_url, tempfile.TemporaryDirectory(prefix="fanbank-bench-") as logs:
         result = asyncio.run(Run(opts, database_url).run(Path(logs)))
     print(json.dumps(result), flush=True)
