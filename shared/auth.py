@@ -16,7 +16,9 @@ import contextvars
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from shared.config import Settings
 from shared.errors import denied, unauthenticated
@@ -29,6 +31,8 @@ SIGNATURE = "x-fanbank-signature"
 
 ROLE_ADMIN = "admin"
 ROLE_CREATOR = "creator"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,17 @@ def verify(settings: Settings, metadata: dict[str, str], method: str, now: float
             raise unauthenticated("CALLER_NOT_INTERNAL", f"{caller!r} may only call on behalf of a user")
         return Principal(caller, None, frozenset(), False)  # an anonymous visitor at the edge
     return Principal(caller, None, frozenset(), True)
+
+
+async def as_itself(call: Callable[[], Awaitable[T]]) -> T:
+    """Runs `call` (which makes outgoing calls) with no acting user, so they are signed as this
+    service alone: a service pays and reads as itself, never as the user whose request it serves,
+    and the ids it chooses are scoped to it."""
+    token = acting_user.set(None)
+    try:
+        return await call()
+    finally:
+        acting_user.reset(token)
 
 
 def principal() -> Principal:

@@ -315,17 +315,9 @@ class Metering:
 
     # ---- Wallet ---------------------------------------------------------------------------------
 
-    async def _as_billing(self, coro_fn):
-        # Billing pays as itself, never as the user whose request it is serving.
-        token = auth.acting_user.set(None)
-        try:
-            return await coro_fn()
-        finally:
-            auth.acting_user.reset(token)
-
     async def spendable(self, fan_id: str) -> int:
         request = wpb.GetBalanceRequest(owner_id=fan_id, asset=wpb.ASSET_TOKEN)
-        response = await self._as_billing(lambda: self.wallet.GetBalance(request, timeout=WALLET_DEADLINE_S))
+        response = await auth.as_itself(lambda: self.wallet.GetBalance(request, timeout=WALLET_DEADLINE_S))
         return response.spendable_available
 
     async def pay(self, charges: Sequence[Charge]) -> list[Outcome]:
@@ -342,7 +334,7 @@ class Metering:
             for group in specs:
                 request.transfers.extend(group)
             async with gate:
-                response = await self._as_billing(lambda: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S))
+                response = await auth.as_itself(lambda: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S))
             by_id = {result.transfer_id: result for result in response.results}
             outcomes = []
             for charge, group in zip(part, specs, strict=True):
@@ -369,12 +361,11 @@ class Metering:
         if not outcomes:
             return 0, 0
         async with self.engine.begin() as conn:
-            now = await conn.scalar(text(f"SELECT {NOW_SQL}"))
             keys = sorted({(o.charge.call_id, o.charge.block_no) for o in outcomes})
             rows = (
                 await conn.execute(
                     text(
-                        f"SELECT {_CALL_COLUMNS_C}, i.block_no, i.block_at FROM billing.calls c "
+                        f"SELECT {_CALL_COLUMNS_C}, i.block_no, i.block_at, {NOW_SQL} AS now FROM billing.calls c "
                         "JOIN billing.charge_intents i USING (call_id) "
                         "WHERE (i.call_id, i.block_no) IN (SELECT call_id, block_no FROM "
                         f"{_unnest({'call_id': 'text', 'block_no': 'bigint'})}) AND i.status = 'PENDING' "
@@ -384,6 +375,7 @@ class Metering:
                 )
             ).all()
             pending = {(r.call_id, r.block_no): r for r in rows}
+            now = rows[0].now if rows else None  # business time, read by the locking statement
             events: list[Event] = []
             batches: dict[str, list[dict]] = {"settled": [], "ends": [], "releases": [], "charged": [], "abandoned": []}
             for outcome in outcomes:
@@ -693,7 +685,7 @@ class Metering:
                 reversal_id=f"{group}:refund", batch_id=group, code=wpb.TRANSFER_CODE_REFUND
             )
             try:
-                await self._as_billing(
+                await auth.as_itself(
                     lambda request=request: self.wallet.ReverseTransfer(request, timeout=WALLET_DEADLINE_S)
                 )
             except grpc.aio.AioRpcError as error:

@@ -124,11 +124,7 @@ class Gateway:
 
     async def call_as_edge(self, method: MethodDescriptor, target: str, request):
         """A unary call made as the edge itself, with no user (webhooks, overlay tokens)."""
-        token = auth.acting_user.set(None)
-        try:
-            return await self.method(method, target)(request)
-        finally:
-            auth.acting_user.reset(token)
+        return await auth.as_itself(lambda: self.method(method, target)(request))
 
     def _renderer(self, binding: Binding) -> Callable:
         """One renderer per binding, so the SSE layer can share each event's JSON between clients."""

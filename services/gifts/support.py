@@ -703,7 +703,7 @@ class Payments:
             specs = {charge.tip_id: transfer_specs(charge) for charge in part}
             for charge in part:
                 request.transfers.extend(specs[charge.tip_id])
-            response = await self._as_gifts(
+            response = await auth.as_itself(
                 lambda request=request: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S)
             )
             by_id = {result.transfer_id: result for result in response.results}
@@ -721,14 +721,6 @@ class Payments:
                 else:
                     outcomes.append(Outcome(charge, True, ""))
         return outcomes
-
-    async def _as_gifts(self, call):
-        # Gifts pays as itself, never as the user whose request it serves: the ids are Gifts'.
-        token = auth.acting_user.set(None)
-        try:
-            return await call()
-        finally:
-            auth.acting_user.reset(token)
 
     # ---- settling -------------------------------------------------------------------------------
 

@@ -26,13 +26,13 @@ With FANBANK_DATABASE_URL and FANBANK_REDIS_URL unset the run starts the embedde
 
 from __future__ import annotations
 
+import abc
 import argparse
 import asyncio
 import collections
 import contextlib
 import dataclasses
 import json
-import multiprocessing
 import os
 import resource
 import tempfile
@@ -112,7 +112,7 @@ def _reason(error: grpc.aio.AioRpcError) -> str:
     return f"{error.code().name} {reason_of(error)}".strip()
 
 
-class _Subscribers:
+class _Subscribers(abc.ABC):
     """One load process's subscribers: each notes only (message bytes, time) as a message arrives;
     parsing waits for the finish, so the time taken is the receipt and nothing else."""
 
@@ -143,11 +143,13 @@ class _Subscribers:
         self.ended[reason] = self.ended.get(reason, 0) + 1
         self.first_error = self.first_error or f"{reason}: {detail}"
 
+    @abc.abstractmethod
     async def open(self) -> None:
-        raise NotImplementedError
+        """Opens every subscriber's WatchStream (the two clients do it their own way)."""
 
+    @abc.abstractmethod
     async def close(self) -> None:
-        raise NotImplementedError
+        """Cancels what is still open."""
 
     def _tips(self, local: int, start: int, ids: set[str]) -> tuple[int, dict[str, float]]:
         """The measured tips a subscriber received from message `start` on: (next start, id → time)."""
@@ -470,20 +472,11 @@ def _load_process(conn: Connection) -> None:
             conn.send(("failed", f"{type(exc).__name__}: {exc}"))
 
 
-class LoadProcesses:
-    def __init__(self, count: int):
-        context = multiprocessing.get_context("spawn")
-        self.links: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
-        for i in range(count):
-            parent, child = context.Pipe()
-            process = context.Process(target=_load_process, args=(child,), name=f"bench-fanout-{i}", daemon=True)
-            process.start()
-            child.close()
-            self.links.append((process, parent))
+class LoadProcesses(tipbench.LoadProcesses):
+    """The shared load processes, spoken to with this scenario's own messages (ask / answer)."""
 
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p, _ in self.links if p.pid is not None]
+    def __init__(self, count: int):
+        super().__init__(count, _load_process)
 
     async def ask(self, message, seconds: float) -> list:
         for _, conn in self.links:
@@ -496,16 +489,6 @@ class LoadProcesses:
         if isinstance(answer, tuple) and answer[0] == "failed":
             raise RuntimeError(f"a load process failed: {answer[1]}")
         return answer
-
-    def close(self) -> None:
-        for process, conn in self.links:
-            with contextlib.suppress(OSError):
-                conn.send(None)
-            process.join(5)
-            if process.is_alive():
-                process.terminate()
-                process.join(5)
-            conn.close()
 
 
 class Run:

@@ -169,14 +169,6 @@ class Tickets:
         self.wallet = wallet  # a WalletServiceStub signed as "streams"
         self.notify = notify
 
-    async def _as_streams(self, call: Callable[[], Awaitable]):
-        # Streams pays as itself (ids scoped to it), never as the user whose request it serves.
-        token = auth.acting_user.set(None)
-        try:
-            return await call()
-        finally:
-            auth.acting_user.reset(token)
-
     # ---- purchase -------------------------------------------------------------------------------
 
     async def pay(self, charge: Charge) -> Outcome:
@@ -185,7 +177,7 @@ class Tickets:
             batch_id=batch_id(charge.ticket_id), mode=wpb.BATCH_MODE_LINKED, transfers=transfer_specs(charge)
         )
         try:
-            await self._as_streams(lambda: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S))
+            await auth.as_itself(lambda: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S))
         except grpc.aio.AioRpcError as error:
             if not is_definite(error):
                 raise
@@ -342,7 +334,7 @@ class Tickets:
                 code=wpb.TRANSFER_CODE_REFUND,
             )
             try:
-                await self._as_streams(lambda: self.wallet.ReverseTransfer(request, timeout=WALLET_DEADLINE_S))
+                await auth.as_itself(lambda: self.wallet.ReverseTransfer(request, timeout=WALLET_DEADLINE_S))
             except grpc.aio.AioRpcError as error:
                 if not is_definite(error):
                     log.warning("wallet unreachable; refund left pending", extra={"ticket_id": charge.ticket_id})
