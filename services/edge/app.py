@@ -33,7 +33,7 @@ from services.edge.bearer import User, Verifier, token_missing
 from services.edge.errors import EdgeError, from_rpc_error, internal, status_response
 from services.edge.ratelimit import RateLimiter
 from services.edge.rules import Binding
-from services.edge.sse import EventStream
+from services.edge.sse import Feed, FeedIndex, Subscriber, feed_key
 from shared import auth, client
 from shared.config import ConfigError, Settings
 
@@ -74,6 +74,8 @@ class Gateway:
         self.max_streams = max_streams
         self.streams = 0
         self.draining = asyncio.Event()
+        # Joinable SSE feeds; a newcomer gets at least half a stream's life before it must reconnect.
+        self.feeds = FeedIndex(stream_max_seconds / 2)
         self.limiter = limiter
         self._channels: dict[str, client.SignedChannel] = {}
         self._callables: dict[tuple[str, str], object] = {}
@@ -133,8 +135,9 @@ class Gateway:
             renderer = self._renderers[binding.key] = functools.partial(transcode.render, binding)
         return renderer
 
-    async def open_stream(self, binding: Binding, request, user: User, headers: dict[str, str]) -> EventStream:
+    async def open_stream(self, binding: Binding, request, user: User, headers: dict[str, str]) -> Subscriber:
         return await self.open_call(
+            binding.grpc_path,
             self._callable(binding),
             request,
             user,
@@ -146,6 +149,7 @@ class Gateway:
 
     async def open_call(
         self,
+        method: str,
         multi_callable,
         request,
         user: User | None,
@@ -153,9 +157,10 @@ class Gateway:
         service: str,
         headers: dict[str, str],
         resumable: bool,
-    ) -> EventStream:
-        """Starts a server-streaming call (for `user`, or as the edge itself when None) and answers
-        the SSE response relaying it, once its first message or failure is known (or a short wait)."""
+    ) -> Subscriber:
+        """The SSE response for one client of a server-streaming call made for `user` (or as the
+        edge itself when None): a seat on an identical feed already open (sse.py says when that is
+        safe), or a new call, answered once its first message or failure is known (or a short wait)."""
         if self.streams >= self.max_streams:
             raise EdgeError(grpc.StatusCode.UNAVAILABLE, "TOO_MANY_STREAMS", "this edge holds too many open streams")
         self.streams += 1  # reserved before any await, so a burst cannot overshoot the bound
@@ -163,38 +168,45 @@ class Gateway:
         def closed() -> None:
             self.streams -= 1
 
-        token = auth.acting_user.set((user.id, user.roles) if user else None)
+        # Shared only between clients of one verified user. A call the edge makes as itself (an
+        # overlay token) is authorized by the token at connect, so each connection makes its own.
+        shared = resumable and user is not None
+        key = feed_key(method, (user.id, tuple(user.roles)) if user else None, request)
+        feed = self.feeds.find(key) if shared else None
+        if feed is None:
+            token = auth.acting_user.set((user.id, user.roles) if user else None)
+            try:
+                # The call's interceptor task copies the context now, so it signs for this user.
+                deadline = time.monotonic() + self.stream_max_seconds
+                call = multi_callable(request, timeout=self.stream_max_seconds)
+            except BaseException:
+                closed()
+                raise
+            finally:
+                auth.acting_user.reset(token)
+            # Indexed at once, before its first message: a storm of identical clients shares it.
+            feed = Feed(
+                call,
+                asyncio.ensure_future(call.read()),
+                render,
+                service,
+                self.keepalive_seconds,
+                deadline,
+                (lambda message: message.resume_token) if resumable else None,
+                self.feeds if shared else None,
+                key,
+                request,
+            )
+        subscriber = feed.join(headers, closed, self.draining)
         try:
-            # The call's interceptor task copies the context now, so it signs for this user.
-            deadline = time.monotonic() + self.stream_max_seconds
-            call = multi_callable(request, timeout=self.stream_max_seconds)
+            await asyncio.wait({feed.first}, timeout=FIRST_EVENT_WAIT_SECONDS)
+            failure = feed.first.exception() if feed.first.done() and not feed.first.cancelled() else None
+            if failure is not None:
+                raise failure
         except BaseException:
-            closed()
+            subscriber.abandon()
             raise
-        finally:
-            auth.acting_user.reset(token)
-        first = asyncio.ensure_future(call.read())
-        try:
-            await asyncio.wait({first}, timeout=FIRST_EVENT_WAIT_SECONDS)
-            if first.done() and first.exception() is not None:
-                raise first.exception()
-        except BaseException:
-            first.cancel()
-            call.cancel()
-            closed()
-            raise
-        return EventStream(
-            call,
-            first,
-            render,
-            service,
-            self.keepalive_seconds,
-            self.draining,
-            closed,
-            headers,
-            deadline,
-            (lambda message: message.resume_token) if resumable else None,
-        )
+        return subscriber
 
     async def readiness(self) -> dict[str, str]:
         async def check(service: str, target: str) -> str:
@@ -295,7 +307,7 @@ class RpcRoute(BaseRoute):
         except Exception:
             log.exception("edge request failed", extra={"route": self.binding.template.text})
             response = internal().response()
-        if not isinstance(response, EventStream):
+        if not isinstance(response, Subscriber):
             response.headers["x-request-id"] = rid
         await response(scope, receive, send)
         status = getattr(response, "status_code", 200)

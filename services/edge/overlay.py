@@ -87,6 +87,7 @@ def routes(gateway: Gateway, gifts_target: str) -> list[Route]:
         # EventSource reconnects with the id of the last event it saw: the resume token.
         transcode.resume_token_from(watch, request.headers.get("last-event-id"))
         stream = await gateway.open_call(
+            rpc,
             gateway.method(WATCH, gifts_target),
             watch,
             None,

@@ -27,7 +27,7 @@ from shared.config import DEV_LIVEKIT_API_KEY, DEV_LIVEKIT_API_SECRET
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as bpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from tests.harness import Caller, migrated_engine, running, settings_for
-from tests.integration.test_edge import error_of, next_data, serving, sse_events
+from tests.integration.test_edge import _until, error_of, next_data, serving, sse_events
 
 # High enough that the tests sharing this edge never meet them; the rate-limit tests build their own.
 ROOMY = {
@@ -159,6 +159,49 @@ async def test_last_event_id_resumes_a_feed_without_gap_or_duplicate(live):
     assert foreign.status_code == 400 and error_of(foreign)[1] == "INVALID_RESUME_TOKEN"
     too_long = await live.http.get(url, headers={**headers, "Last-Event-ID": "x" * 2000})
     assert too_long.status_code == 400 and error_of(too_long)[1] == "INVALID_FIELD_VALUE"
+
+
+def _feeds_for(live, creator: str) -> set[int]:
+    """The distinct backend feeds the edge holds open for `creator`'s alerts."""
+    feeds = live.app.state.gateway.feeds.feeds.values()
+    return {id(f) for f in feeds if f.key[1] is not None and f.key[1][0] == creator and not f.ended}
+
+
+async def test_clients_of_one_user_share_one_backend_stream(live):
+    fan, creator = uid("fan"), uid("creator")
+    await live.fund(fan, 1000)
+    url = f"/v1/creators/{creator}/alerts:watch"
+    headers = live.auth(creator, "creator")
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_client(extra: dict[str, str] | None = None, as_admin: bool = False):
+            who = live.auth(creator, "creator", "admin") if as_admin else headers
+            response = await stack.enter_async_context(live.http.stream("GET", url, headers={**who, **(extra or {})}))
+            assert response.status_code == 200
+            return response, sse_events(response)
+
+        _, first_events = await open_client()
+        await live.tip(fan, creator, 1)
+        one = await next_data(first_events)
+        assert _amount(one) == 1
+        assert len(_feeds_for(live, creator)) == 1
+        # The same user asking the same thing from now, or resuming from the feed's position, joins it.
+        _, joined = await open_client()
+        _, resumed = await open_client({"Last-Event-ID": one["id"]})
+        assert len(_feeds_for(live, creator)) == 1
+        # Other roles are another principal (the service may decide otherwise): a feed of its own.
+        _, admin = await open_client(as_admin=True)
+        assert len(_feeds_for(live, creator)) == 2
+        await live.tip(fan, creator, 2)
+        got = [await next_data(events) for events in (first_events, joined, resumed, admin)]
+        assert [_amount(e) for e in got] == [2, 2, 2, 2]
+        assert len({e["id"] for e in got}) == 1 and got[0]["id"] != one["id"]
+        # Resuming from a position the feed has passed is not a seat on it: its own call replays.
+        _, behind = await open_client({"Last-Event-ID": one["id"]})
+        assert len(_feeds_for(live, creator)) == 3
+        assert _amount(await next_data(behind)) == 2
+    # Everyone gone: every backend call is cancelled and the index forgets the feeds.
+    await _until(lambda: not _feeds_for(live, creator), "the feeds were closed")
 
 
 # ---- rate limits -----------------------------------------------------------------------------------
