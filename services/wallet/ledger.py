@@ -19,21 +19,23 @@ so batches from several processes never deadlock; a deadlock or serialization fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
+import psycopg
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 from psycopg import errors as pg_errors
-from sqlalchemy import TextClause, text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from psycopg.rows import namedtuple_row
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.wallet import model
 from services.wallet.model import Adjustment, HoldSpec, Item, Op, Ref, Resolution, Reversal
@@ -305,12 +307,30 @@ class Ledger:
                 # anything else is a bug, and retrying it would only repeat it.
                 code, reason = (
                     (grpc.StatusCode.UNAVAILABLE, "LEDGER_UNAVAILABLE")
-                    if isinstance(exc, DBAPIError | OSError)
+                    if isinstance(exc, psycopg.Error | OSError)
                     else (grpc.StatusCode.INTERNAL, "INTERNAL")
                 )
                 for waiter in waiters:
                     if not waiter.future.done():
                         waiter.future.set_exception(DomainError(code, reason, "the ledger could not apply this batch"))
+
+    @contextlib.asynccontextmanager
+    async def _connection(self):
+        """One pooled connection, driven through psycopg directly: the ledger's few fixed statements
+        skip SQLAlchemy's execution layer, which cost about 8% of the Wallet's CPU per tip. BEGIN is
+        implicit at the first statement; COMMIT at the end; ROLLBACK on any failure, and a
+        connection that cannot even roll back is dropped from the pool."""
+        async with self.engine.connect() as pooled:
+            raw = (await pooled.get_raw_connection()).driver_connection
+            try:
+                yield _Conn(raw)
+                await raw.commit()
+            except BaseException:
+                try:
+                    await raw.rollback()
+                except psycopg.Error:
+                    await pooled.invalidate()
+                raise
 
     # ---- accounts ----------------------------------------------------------------------------
 
@@ -320,7 +340,7 @@ class Ledger:
     async def create_accounts(self, refs: set[Ref]) -> None:
         """Creates accounts outright (CreateAccount): the request's whole purpose is the account."""
         ordered = sorted(refs)
-        async with self.engine.begin() as conn:
+        async with self._connection() as conn:
             await conn.execute(
                 _sql(
                     "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, created_at)"
@@ -352,11 +372,10 @@ class Ledger:
             try:
                 results = await self._transaction(ready)
                 break
-            except (DBAPIError, _AccountRace) as exc:
-                cause = exc.orig if isinstance(exc, DBAPIError) else exc
-                if not isinstance(cause, (*_RETRYABLE, _AccountRace)) or attempt == _MAX_ATTEMPTS:
+            except (psycopg.Error, _AccountRace) as exc:
+                if not isinstance(exc, (*_RETRYABLE, _AccountRace)) or attempt == _MAX_ATTEMPTS:
                     raise
-                log.warning("wallet batch retried", extra={"attempt": attempt, "error": type(cause).__name__})
+                log.warning("wallet batch retried", extra={"attempt": attempt, "error": type(exc).__name__})
         else:  # pragma: no cover - the loop either breaks or raises
             raise AssertionError("unreachable")
         for waiter in ready:
@@ -369,7 +388,7 @@ class Ledger:
         if not waiters:
             return results
         statements = 0
-        async with self.engine.begin() as conn:
+        async with self._connection() as conn:
             # Idempotency rows are claimed in one global order (deadlock freedom); ops are applied in
             # the order they arrived, so an independent batch's items are tried in request order.
             arrival = [w.op for w in waiters]
@@ -422,7 +441,7 @@ class Ledger:
         self.statements_in_last_batch = statements
         return results
 
-    async def _insert_new_accounts(self, conn: AsyncConnection, batch: _Batch) -> None:
+    async def _insert_new_accounts(self, conn: _Conn, batch: _Batch) -> None:
         """Writes the batch's new accounts that a successful op used, with their final balances,
         and renumbers them from their provisional ids. If another process created one of them
         meanwhile, its balance is unknown here: the batch is rolled back and retried."""
@@ -450,7 +469,7 @@ class Ledger:
             raise _AccountRace()
         batch.renumber({account.id: real[account.ref] for account in new})
 
-    async def _claim(self, conn: AsyncConnection, ops: list[Op]) -> tuple[dict[tuple, int], list[int]]:
+    async def _claim(self, conn: _Conn, ops: list[Op]) -> tuple[dict[tuple, int], list[int]]:
         postings_bound = sum(_postings_bound(op) for op in ops)
         result = await conn.execute(
             _sql(
@@ -474,13 +493,13 @@ class Ledger:
                 claimed[(row.scope, row.kind, row.key)] = row.id
         return claimed, transfer_ids
 
-    async def _reserve_transfer_ids(self, conn: AsyncConnection, count: int) -> list[int]:
+    async def _reserve_transfer_ids(self, conn: _Conn, count: int) -> list[int]:
         result = await conn.execute(
             _sql("SELECT ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"), {"n": count}
         )
-        return list(result.scalar_one())
+        return list(result[0][0])
 
-    async def _stored(self, conn: AsyncConnection, ops: list[Op]) -> list[tuple[Op, tuple]]:
+    async def _stored(self, conn: _Conn, ops: list[Op]) -> list[tuple[Op, tuple]]:
         result = await conn.execute(
             _sql(
                 "SELECT o.scope, o.kind, o.key, o.request, o.ok, o.response FROM wallet.operations o"
@@ -492,7 +511,7 @@ class Ledger:
         stored = {(r.scope, r.kind, r.key): (r.request, r.ok, bytes(r.response)) for r in result}
         return [(op, stored[op.identity]) for op in ops]
 
-    async def _lock_holds(self, conn: AsyncConnection, ops: list[Op]) -> dict[tuple[str, str], _Hold]:
+    async def _lock_holds(self, conn: _Conn, ops: list[Op]) -> dict[tuple[str, str], _Hold]:
         keys = sorted({(op.scope, op.payload.hold_id) for op in ops if op.kind in ("CAPTURE", "VOID")})
         result = await conn.execute(
             _sql(
@@ -521,7 +540,7 @@ class Ledger:
             for r in result
         }
 
-    async def _lock_originals(self, conn: AsyncConnection, ops: list[Op]) -> dict[tuple, list[_Original]]:
+    async def _lock_originals(self, conn: _Conn, ops: list[Op]) -> dict[tuple, list[_Original]]:
         targets = sorted(
             {(op.scope, op.payload.target_kind, op.payload.target_key) for op in ops if op.kind == "REVERSAL"}
         )
@@ -602,7 +621,7 @@ class Ledger:
                 batch.add_new_account(-(len(batch.ids) + 1), ref)
 
     async def _lock_accounts(
-        self, conn: AsyncConnection, ids: set[int], refs: set[Ref]
+        self, conn: _Conn, ids: set[int], refs: set[Ref]
     ) -> tuple[dict[int, _Account], dt.datetime]:
         """Locks the accounts named by id or by natural key, in id order, and reads the clock."""
         refs_sorted = sorted(refs)
@@ -634,7 +653,7 @@ class Ledger:
         return accounts, now
 
     async def _write(
-        self, conn: AsyncConnection, batch: _Batch, answers: list[tuple[int, bool, bytes]], dropped: list[int]
+        self, conn: _Conn, batch: _Batch, answers: list[tuple[int, bool, bytes]], dropped: list[int]
     ) -> None:
         parts: list[str] = []
         params: dict[str, object] = {"now": batch.now}
@@ -976,10 +995,29 @@ class Ledger:
 # ---- helpers ------------------------------------------------------------------------------------
 
 
+_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
 @functools.cache
-def _sql(statement: str) -> TextClause:
-    """Parsed once per distinct statement text: the ledger's statements are a small fixed set."""
-    return text(statement)
+def _sql(statement: str) -> str:
+    """`:name` parameters (as SQLAlchemy writes them) in psycopg's `%(name)s` style, converted once
+    per distinct statement text: the ledger's statements are a small fixed set. `::type` casts stay."""
+    assert "%" not in statement, "a literal % would need escaping"
+    return _PARAMETER.sub(r"%(\1)s", statement)
+
+
+class _Conn:
+    """A psycopg connection inside the ledger's transaction; each statement answers its rows."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: psycopg.AsyncConnection):
+        self.raw = raw
+
+    async def execute(self, statement: str, params: dict) -> list:
+        async with self.raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(statement, params)
+            return await cursor.fetchall() if cursor.description is not None else []
 
 
 def _json(rows: list) -> str:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import text
 
 from services.wallet import model, queries
 from services.wallet.ledger import Ledger
@@ -27,40 +28,39 @@ TIP = 3  # more than the promotional tokens: every tip is two postings (promotio
 
 
 class StatementLog:
-    """Statements per database transaction, recorded by SQLAlchemy's own cursor events."""
+    """Statements per database transaction, seen at the driver (the ledger drives psycopg directly):
+    every cursor execute, grouped by connection until that connection commits or rolls back."""
 
-    def __init__(self, sync_engine):
-        self.sync_engine = sync_engine
+    def __init__(self, monkeypatch: pytest.MonkeyPatch):
         self.transactions: list[list[str]] = []
-        self.outside: list[str] = []
-        self._open: dict[object, list[str]] = {}
-        self._hooks = (
-            ("begin", self._begin),
-            ("commit", self._end),
-            ("rollback", self._end),
-            ("before_cursor_execute", self._execute),
+        self._open: dict[int, list[str]] = {}
+        execute, commit, rollback = (
+            psycopg.AsyncCursor.execute,
+            psycopg.AsyncConnection.commit,
+            psycopg.AsyncConnection.rollback,
         )
-        for name, hook in self._hooks:
-            event.listen(sync_engine, name, hook)
+        log = self
 
-    def remove(self) -> None:
-        for name, hook in self._hooks:
-            event.remove(self.sync_engine, name, hook)
+        async def logged_execute(cursor, query, *args, **kwargs):
+            log._open.setdefault(id(cursor.connection), []).append(str(query))
+            return await execute(cursor, query, *args, **kwargs)
+
+        def ending(original):
+            async def end(connection):
+                statements = log._open.pop(id(connection), None)
+                if statements is not None:
+                    log.transactions.append(statements)
+                return await original(connection)
+
+            return end
+
+        monkeypatch.setattr(psycopg.AsyncCursor, "execute", logged_execute)
+        monkeypatch.setattr(psycopg.AsyncConnection, "commit", ending(commit))
+        monkeypatch.setattr(psycopg.AsyncConnection, "rollback", ending(rollback))
 
     def clear(self) -> None:
         self.transactions.clear()
-        self.outside.clear()
-
-    def _begin(self, conn) -> None:
-        self._open[conn] = []
-
-    def _end(self, conn) -> None:
-        statements = self._open.pop(conn, None)
-        if statements is not None:
-            self.transactions.append(statements)
-
-    def _execute(self, conn, cursor, statement, parameters, context, executemany) -> None:
-        self._open.get(conn, self.outside).append(statement)
+        self._open.clear()
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +112,12 @@ async def fund(ledger: Ledger, fans: list[str]) -> None:
     await submit_all(ledger, ops)
 
 
-async def test_statements_per_batch_do_not_grow_with_its_size(ledger):
+async def test_statements_per_batch_do_not_grow_with_its_size(ledger, monkeypatch):
     warm_fan = "fan-warm"
     await fund(ledger, [warm_fan])
     await submit_all(ledger, [tip_op(warm_fan)])  # creates the creator's earnings account
 
-    log = StatementLog(ledger.engine.sync_engine)
+    log = StatementLog(monkeypatch)
     statements: dict[int, int] = {}
     reported: dict[int, int] = {}  # the ledger's own count, as a cross-check of the listener
     try:
@@ -129,7 +129,7 @@ async def test_statements_per_batch_do_not_grow_with_its_size(ledger):
 
             batches = [t for t in log.transactions if any("INSERT INTO wallet.operations" in s for s in t)]
             assert len(batches) == 1, f"{size} concurrent transfers did not coalesce into one batch"
-            assert log.transactions == batches and not log.outside, "accounts are resolved before, not per item"
+            assert log.transactions == batches, "accounts are resolved before, not per item"
             statements[size] = len(batches[0])
             reported[size] = ledger.statements_in_last_batch
             assert [t.amount for t in transfers] == [TIP] * size
@@ -139,7 +139,7 @@ async def test_statements_per_batch_do_not_grow_with_its_size(ledger):
                 for t in transfers
             )
     finally:
-        log.remove()
+        monkeypatch.undo()
 
     assert len(set(statements.values())) == 1, f"statements per batch by size: {statements}"
     assert len(set(reported.values())) == 1, f"statements the ledger counted by size: {reported}"
