@@ -181,8 +181,9 @@ class Run:
         self.say(f"wallet {wallet.pid}, gifts {gifts.pid}, edge {edge.pid} (http://{edge.target})")
         return wallet, gifts, edge
 
-    async def _phase(self, name: str, one_client, servers: list[int]) -> dict:
-        """Runs `one_client(index, window, tally)` for every client; CPU of `servers` over the window."""
+    async def _phase(self, name: str, one_client, servers: dict[str, int]) -> dict:
+        """Runs `one_client(index, window, tally)` for every client; CPU of `servers` (name → pid)
+        over the window, in total and per process."""
         opts = self.opts
         tally = Tally()
         start = time.monotonic() + 0.5
@@ -191,9 +192,10 @@ class Run:
 
         async def watch_cpu() -> None:
             await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
-            before = cpu_seconds(servers)
+            before = {server: cpu_seconds([pid]) for server, pid in servers.items()}
             await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
-            cpu["seconds"] = cpu_seconds(servers) - before
+            cpu.update({server: cpu_seconds([pid]) - before[server] for server, pid in servers.items()})
+            cpu["seconds"] = sum(cpu[server] for server in servers)
 
         await asyncio.sleep(max(0.0, start - time.monotonic()))
         await asyncio.gather(watch_cpu(), *(one_client(i, window, tally) for i in range(opts.clients)))
@@ -201,6 +203,7 @@ class Run:
         result = {
             "tips_per_s": round(tips / opts.seconds, 1),
             "cpu_seconds_per_tip": round(cpu["seconds"] / tips, 6) if tips else None,
+            "cpu_ms_per_tip_by_process": {s: round(cpu[s] / tips * 1000, 3) for s in servers} if tips else None,
             "server_cores": round(cpu["seconds"] / opts.seconds, 2),
             "acknowledged": tally.acknowledged,
             "errors": tally.errors,
@@ -208,11 +211,13 @@ class Run:
         }
         self.say(
             f"{name}: {result['tips_per_s']} tips/s, {result['server_cores']} server cores, "
-            f"{(result['cpu_seconds_per_tip'] or 0) * 1000:.3f} CPU-ms per tip, errors {tally.errors or 'none'}"
+            f"{(result['cpu_seconds_per_tip'] or 0) * 1000:.3f} CPU-ms per tip"
+            f" ({', '.join(f'{s} {v}' for s, v in (result['cpu_ms_per_tip_by_process'] or {}).items())}),"
+            f" errors {tally.errors or 'none'}"
         )
         return result
 
-    async def rest(self, edge: ServiceProcess, servers: list[int]) -> dict:
+    async def rest(self, edge: ServiceProcess, servers: dict[str, int]) -> dict:
         opts = self.opts
         host, _, port = edge.target.rpartition(":")
         tokens = {
@@ -239,7 +244,7 @@ class Run:
 
         return await self._phase("REST through the edge", one_client, servers)
 
-    async def grpc_direct(self, gifts: ServiceProcess, servers: list[int]) -> dict:
+    async def grpc_direct(self, gifts: ServiceProcess, servers: dict[str, int]) -> dict:
         opts = self.opts
         channel = grpc.aio.insecure_channel(gifts.target)
         stub = channel.unary_unary(
@@ -374,8 +379,8 @@ class Run:
                 wallet, gifts, edge = await self._start(Path(log_dir))
                 async with client.channel(self.settings, wallet.target, identity=IDENTITY) as channel:
                     await tipbench.fund(wallet_grpc.WalletServiceStub(channel), self.run_id, opts.fans)
-                rest = await self.rest(edge, [edge.pid, gifts.pid, wallet.pid])
-                direct = await self.grpc_direct(gifts, [gifts.pid, wallet.pid])
+                rest = await self.rest(edge, {"edge": edge.pid, "gifts": gifts.pid, "wallet": wallet.pid})
+                direct = await self.grpc_direct(gifts, {"gifts": gifts.pid, "wallet": wallet.pid})
                 sse = await self.sse(edge, gifts)
             except BaseException:
                 for process in self.processes:
@@ -395,6 +400,8 @@ class Run:
             "sse_missing": sse["sse_missing"],
             "rest_cpu_ms_per_tip": round(rest_cost * 1000, 3) if rest_cost else None,
             "grpc_cpu_ms_per_tip": round(grpc_cost * 1000, 3) if grpc_cost else None,
+            "rest_cpu_ms_per_tip_by_process": rest["cpu_ms_per_tip_by_process"],
+            "grpc_cpu_ms_per_tip_by_process": direct["cpu_ms_per_tip_by_process"],
             "rest_server_cores": rest["server_cores"],
             "grpc_server_cores": direct["server_cores"],
             "rest_errors": rest["errors"],
