@@ -5,6 +5,10 @@ the request carries a valid token) or from none: a request refused by one limit 
 other. Buckets count thousandths of a request so integer refills stay exact, and read Redis's own
 clock, so replicas on hosts whose clocks differ still share one notion of "a second".
 
+Requests arriving while a script call is in flight wait for it and then go together in the next
+one (group commit, as in Wallet's ledger): under load one Redis round trip admits many requests,
+each judged in arrival order exactly as if it had been alone.
+
 Redis unreachable → the request goes through and the failure is logged (at most once a minute): the
 limits protect capacity, not money, and the services keep their own limits on money (Gifts' per
 sender limit fails closed).
@@ -12,6 +16,7 @@ sender limit fails closed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -24,41 +29,56 @@ from shared.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
-# KEYS: buckets; ARGV: per bucket (rate per second, burst, key lifetime in ms), in KEYS order.
-# Answers 0 when every bucket had a whole request (each then gives one), else the milliseconds until
-# the emptiest would have one (and nothing is taken).
+# KEYS: the buckets of every request in the call, request after request. ARGV[1]: the number of
+# requests R; ARGV[2 .. R+1]: how many buckets each request has; then, per bucket in KEYS order,
+# (rate per second, burst, key lifetime in ms). Answers one number per request, in order: 0 when
+# every bucket of that request had a whole request (each then gives one), else the milliseconds
+# until the emptiest would have one (and nothing is taken for that request). Requests are judged one
+# after the other, so two in one call that share a bucket see each other's take.
 _BUCKETS_LUA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
-local wait = 0
-local levels = {}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[3 * i - 2])
-  local full = tonumber(ARGV[3 * i - 1]) * 1000
-  local state = redis.call('HMGET', key, 'm', 't')
-  local milli = tonumber(state[1])
-  local at = tonumber(state[2])
-  if milli == nil or at == nil then
-    milli = full
-    at = now
+local requests = tonumber(ARGV[1])
+local answers = {}
+local key = 0
+local arg = requests + 2
+for r = 1, requests do
+  local count = tonumber(ARGV[r + 1])
+  local wait = 0
+  local levels = {}
+  for j = 1, count do
+    local at_arg = arg + 3 * (j - 1)
+    local rate = tonumber(ARGV[at_arg])
+    local full = tonumber(ARGV[at_arg + 1]) * 1000
+    local state = redis.call('HMGET', KEYS[key + j], 'm', 't')
+    local milli = tonumber(state[1])
+    local at = tonumber(state[2])
+    if milli == nil or at == nil then
+      milli = full
+      at = now
+    end
+    if now > at then
+      milli = math.min(full, milli + (now - at) * rate)
+    end
+    levels[j] = milli
+    if milli < 1000 then
+      wait = math.max(wait, math.ceil((1000 - milli) / rate))
+    end
   end
-  if now > at then
-    milli = math.min(full, milli + (now - at) * rate)
+  if wait == 0 then
+    for j = 1, count do
+      redis.call('HSET', KEYS[key + j], 'm', levels[j] - 1000, 't', now)
+      redis.call('PEXPIRE', KEYS[key + j], tonumber(ARGV[arg + 3 * (j - 1) + 2]))
+    end
   end
-  levels[i] = milli
-  if milli < 1000 then
-    wait = math.max(wait, math.ceil((1000 - milli) / rate))
-  end
+  answers[r] = wait
+  key = key + count
+  arg = arg + 3 * count
 end
-if wait > 0 then
-  return wait
-end
-for i, key in ipairs(KEYS) do
-  redis.call('HSET', key, 'm', levels[i] - 1000, 't', now)
-  redis.call('PEXPIRE', key, tonumber(ARGV[3 * i]))
-end
-return 0
+return answers
 """
+# Requests judged by one script call at most (the rest wait for the next call).
+MAX_REQUESTS_PER_CALL = 256
 _FAILURE_LOG_SECONDS = 60.0
 
 
@@ -89,6 +109,8 @@ class RateLimiter:
         self.prefix = prefix
         self.script = redis.register_script(_BUCKETS_LUA)
         self._failure_logged_at = -math.inf
+        self._waiting: list[tuple[list[str], list[int], asyncio.Future]] = []
+        self._calling = False
 
     def describe(self) -> str:
         def one(limit: Limit | None) -> str:
@@ -107,14 +129,50 @@ class RateLimiter:
             args += [self.by_user.rate_per_second, self.by_user.burst, self.by_user.ttl_ms]
         if not keys:
             return 0
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((keys, args, future))
+        if not self._calling:
+            self._calling = True
+            asyncio.ensure_future(self._call())
+        return await future
+
+    async def _call(self) -> None:
+        """Sends what is waiting, one script call at a time, until nothing is."""
+        batch: list[tuple[list[str], list[int], asyncio.Future]] = []
         try:
-            return int(await self.script(keys=keys, args=args))
-        except RedisError as error:
-            now = time.monotonic()
-            if now - self._failure_logged_at >= _FAILURE_LOG_SECONDS:
-                self._failure_logged_at = now
-                log.error("rate limits skipped: Redis is not answering", extra={"error": type(error).__name__})
-            return 0
+            while self._waiting:
+                batch = self._waiting[:MAX_REQUESTS_PER_CALL]
+                del self._waiting[:MAX_REQUESTS_PER_CALL]
+                keys = [key for request_keys, _, _ in batch for key in request_keys]
+                args = [len(batch), *(len(request_keys) for request_keys, _, _ in batch)]
+                for _, request_args, _ in batch:
+                    args += request_args
+                try:
+                    answers = [int(wait) for wait in await self.script(keys=keys, args=args)]
+                except RedisError as error:
+                    now = time.monotonic()
+                    if now - self._failure_logged_at >= _FAILURE_LOG_SECONDS:
+                        self._failure_logged_at = now
+                        log.error("rate limits skipped: Redis is not answering", extra={"error": type(error).__name__})
+                    answers = [0] * len(batch)
+                for (_, _, future), wait in zip(batch, answers, strict=True):
+                    if not future.done():
+                        future.set_result(wait)
+                batch = []
+        except Exception as error:  # a bug here must not leave requests hanging: they fail with it
+            log.exception("rate limiter failed")
+            self._fail(batch, error)
+        except BaseException:
+            self._fail(batch, RuntimeError("the rate limiter stopped"))
+            raise
+        finally:
+            self._calling = False
+
+    def _fail(self, batch: list, error: Exception) -> None:
+        for _, _, future in [*batch, *self._waiting]:
+            if not future.done():
+                future.set_exception(error)
+        self._waiting.clear()
 
     async def close(self) -> None:
         await self.redis.aclose()
