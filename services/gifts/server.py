@@ -34,6 +34,7 @@ from shared.gen.fanbank.gifts.v1 import gifts_service_pb2_grpc as pb_grpc
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
 from shared.host import start_background, stop_background
 from shared.live import LiveEvents
+from shared.outbox import append
 from shared.presets import Preset, load_preset
 from shared.server import Registration
 from shared.validate import check_id
@@ -580,14 +581,30 @@ class GiftsServicer(pb_grpc.GiftsServiceServicer):
         auth.require_privileged(auth.principal(), "HideMessage")
         check_id("request_id", request.request_id)
         tip_id = check_id("tip_id", request.tip_id)
+        published = False
         async with self.engine.begin() as conn:
             row = (
                 await conn.execute(
-                    text("UPDATE gifts.tips SET message_hidden = true WHERE tip_id = :t RETURNING *"), {"t": tip_id}
+                    text(
+                        "UPDATE gifts.tips SET message_hidden = true WHERE tip_id = :t AND NOT message_hidden"
+                        " RETURNING *"
+                    ),
+                    {"t": tip_id},
                 )
             ).one_or_none()
-        if row is None:
-            raise not_found("TIP_NOT_FOUND", f"no tip {tip_id!r}")
+            if row is None:  # unknown, or hidden already (nothing more to say)
+                row = (
+                    await conn.execute(text("SELECT * FROM gifts.tips WHERE tip_id = :t"), {"t": tip_id})
+                ).one_or_none()
+                if row is None:
+                    raise not_found("TIP_NOT_FOUND", f"no tip {tip_id!r}")
+            elif row.status == "COMPLETED" and row.message:
+                # Its alert went out with the message (a support still PENDING will go out without
+                # it: settling reads the flag under the same row lock). Said in this transaction.
+                await append(conn, SCHEMA, support.hidden_message_events(row))
+                published = True
+        if published:
+            self.payments.notify()
         return pb.HideMessageResponse(tip=tip_pb(row))
 
     # ---- alerts and the overlay -----------------------------------------------------------------

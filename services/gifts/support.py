@@ -972,6 +972,21 @@ def support_event(row) -> epb.GiftEvent:
     )
 
 
+def hidden_message_events(row) -> list[Event]:
+    """MESSAGE_HIDDEN for a completed support whose message an admin hid: on every channel its alert
+    went to, so clients that showed or hold the alert drop the message."""
+    event = epb.GiftEvent(
+        type=epb.GIFT_EVENT_TYPE_MESSAGE_HIDDEN,
+        support_id=row.tip_id,
+        creator_id=row.creator_id,
+        sender_id=row.sender_id,
+        context_type=row.context_type,
+        context_id=row.context_id,
+        event_time=ts(row.created_at),
+    )
+    return _to_channels(row, epb.GIFT_EVENT_TYPE_MESSAGE_HIDDEN, event)
+
+
 def _to_channels(row, event_type: int, event: epb.GiftEvent) -> list[Event]:
     """One event on the creator's alerts channel and, for a stream, on the stream's gift channel.
     (`creator:` belongs to Billing and `stream:` to Streams: a channel has exactly one writer schema.)"""

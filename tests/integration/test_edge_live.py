@@ -435,6 +435,18 @@ async def test_overlay_in_a_browser_shows_alerts_as_text(live, tmp_path):
             assert await hostile.locator(".message").inner_text() == attack
             assert await page.locator("img").count() == 0 and await page.locator("b").count() == 0
             await page.screenshot(path=str(tmp_path / "overlay-hostile.png"))
+            # A moderator hides a message while its alert waits its turn: it shows without it.
+            sent = await live.tip(fan, creator, 7, message="a spoiler", name="Zed")
+            hidden = await live.http.post(
+                f"/v1/tips/{sent.json()['tip']['tipId']}:hideMessage",
+                headers=live.auth("ops-1", "admin"),
+                json={"requestId": uid("hide")},
+            )
+            assert hidden.status_code == 200, hidden.text
+            late = page.locator(".alert", has_text="Zed")
+            await late.wait_for(timeout=15_000)
+            assert "tipped 7 tokens" in await late.inner_text()
+            assert await late.locator(".message").count() == 0
             assert dialogs == [] and errors == []
         finally:
             await browser.close()

@@ -708,6 +708,21 @@ async def test_admin_hides_a_message_and_the_money_stays(env):
     [listed] = (await env.digis.ListTips(gpb.ListTipsRequest(creator_id=creator))).tips
     assert (listed.message, listed.message_hidden, listed.status) == ("", True, gpb.TIP_STATUS_COMPLETED)
     assert await earnings(env, creator) == 40
+    # The alert already went out with the message: every channel it went to hears it is hidden, after it.
+    for channel in (f"alerts:{creator}", "stream_gifts:stream-1"):
+        mine = [(e.type, e.message) for e in await outbox(env, channel) if e.support_id == sent.tip_id]
+        assert mine == [(epb.GIFT_EVENT_TYPE_TIP, "rude words"), (epb.GIFT_EVENT_TYPE_MESSAGE_HIDDEN, "")], channel
+    # Hiding again, or hiding a tip that had no message, says nothing more.
+    quiet = await tip(env.digis, fan, creator, 10)
+    async with as_user("ops-1", "admin"):
+        for tip_id in (sent.tip_id, quiet.tip_id):
+            again = await env.users_digis.HideMessage(gpb.HideMessageRequest(request_id=uid("h"), tip_id=tip_id))
+            assert again.tip.message_hidden and again.tip.message == ""
+    assert [e.type for e in await outbox(env, f"alerts:{creator}")] == [
+        epb.GIFT_EVENT_TYPE_TIP,
+        epb.GIFT_EVENT_TYPE_MESSAGE_HIDDEN,
+        epb.GIFT_EVENT_TYPE_TIP,
+    ]
 
 
 async def test_list_tips_pages_newest_first(env):

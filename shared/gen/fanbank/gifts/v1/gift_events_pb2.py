@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fanbank/gifts/v1/gift_events.proto\x12\x10\x66\x61nbank.gifts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x03\n\tGiftEvent\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.fanbank.gifts.v1.GiftEventType\x12\x12\n\nsupport_id\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x11\n\tsender_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_display_name\x18\x05 \x01(\t\x12\x15\n\ramount_tokens\x18\x06 \x01(\x03\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontext_type\x18\x08 \x01(\t\x12\x12\n\ncontext_id\x18\t \x01(\t\x12\x0f\n\x07gift_id\x18\n \x01(\t\x12\x11\n\tgift_name\x18\x0b \x01(\t\x12\x10\n\x08quantity\x18\x0c \x01(\x03\x12\x11\n\timage_url\x18\r \x01(\t\x12\x15\n\ranimation_url\x18\x0e \x01(\t\x12\x0f\n\x07goal_id\x18\x0f \x01(\t\x12\x1c\n\x14goal_progress_tokens\x18\x10 \x01(\x03\x12\x1a\n\x12goal_target_tokens\x18\x11 \x01(\x03\x12.\n\nevent_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc6\x01\n\rGiftEventType\x12\x1f\n\x1bGIFT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13GIFT_EVENT_TYPE_TIP\x10\x01\x12\x18\n\x14GIFT_EVENT_TYPE_GIFT\x10\x02\x12\x1c\n\x18GIFT_EVENT_TYPE_LIKE_TIP\x10\x03\x12!\n\x1dGIFT_EVENT_TYPE_GOAL_PROGRESS\x10\x04\x12 \n\x1cGIFT_EVENT_TYPE_GOAL_REACHED\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"fanbank/gifts/v1/gift_events.proto\x12\x10\x66\x61nbank.gifts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x03\n\tGiftEvent\x12-\n\x04type\x18\x01 \x01(\x0e\x32\x1f.fanbank.gifts.v1.GiftEventType\x12\x12\n\nsupport_id\x18\x02 \x01(\t\x12\x12\n\ncreator_id\x18\x03 \x01(\t\x12\x11\n\tsender_id\x18\x04 \x01(\t\x12\x1b\n\x13sender_display_name\x18\x05 \x01(\t\x12\x15\n\ramount_tokens\x18\x06 \x01(\x03\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x14\n\x0c\x63ontext_type\x18\x08 \x01(\t\x12\x12\n\ncontext_id\x18\t \x01(\t\x12\x0f\n\x07gift_id\x18\n \x01(\t\x12\x11\n\tgift_name\x18\x0b \x01(\t\x12\x10\n\x08quantity\x18\x0c \x01(\x03\x12\x11\n\timage_url\x18\r \x01(\t\x12\x15\n\ranimation_url\x18\x0e \x01(\t\x12\x0f\n\x07goal_id\x18\x0f \x01(\t\x12\x1c\n\x14goal_progress_tokens\x18\x10 \x01(\x03\x12\x1a\n\x12goal_target_tokens\x18\x11 \x01(\x03\x12.\n\nevent_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xea\x01\n\rGiftEventType\x12\x1f\n\x1bGIFT_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13GIFT_EVENT_TYPE_TIP\x10\x01\x12\x18\n\x14GIFT_EVENT_TYPE_GIFT\x10\x02\x12\x1c\n\x18GIFT_EVENT_TYPE_LIKE_TIP\x10\x03\x12!\n\x1dGIFT_EVENT_TYPE_GOAL_PROGRESS\x10\x04\x12 \n\x1cGIFT_EVENT_TYPE_GOAL_REACHED\x10\x05\x12\"\n\x1eGIFT_EVENT_TYPE_MESSAGE_HIDDEN\x10\x06\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,7 +33,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fanbank.gifts.v1.gift_event
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GIFTEVENTTYPE']._serialized_start=540
-  _globals['_GIFTEVENTTYPE']._serialized_end=738
+  _globals['_GIFTEVENTTYPE']._serialized_end=774
   _globals['_GIFTEVENT']._serialized_start=90
   _globals['_GIFTEVENT']._serialized_end=537
 # @@protoc_insertion_point(module_scope)

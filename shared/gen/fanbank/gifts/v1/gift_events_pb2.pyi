@@ -17,12 +17,14 @@ class GiftEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GIFT_EVENT_TYPE_LIKE_TIP: _ClassVar[GiftEventType]
     GIFT_EVENT_TYPE_GOAL_PROGRESS: _ClassVar[GiftEventType]
     GIFT_EVENT_TYPE_GOAL_REACHED: _ClassVar[GiftEventType]
+    GIFT_EVENT_TYPE_MESSAGE_HIDDEN: _ClassVar[GiftEventType]
 GIFT_EVENT_TYPE_UNSPECIFIED: GiftEventType
 GIFT_EVENT_TYPE_TIP: GiftEventType
 GIFT_EVENT_TYPE_GIFT: GiftEventType
 GIFT_EVENT_TYPE_LIKE_TIP: GiftEventType
 GIFT_EVENT_TYPE_GOAL_PROGRESS: GiftEventType
 GIFT_EVENT_TYPE_GOAL_REACHED: GiftEventType
+GIFT_EVENT_TYPE_MESSAGE_HIDDEN: GiftEventType
 
 class GiftEvent(_message.Message):
     __slots__ = ("type", "support_id", "creator_id", "sender_id", "sender_display_name", "amount_tokens", "message", "context_type", "context_id", "gift_id", "gift_name", "quantity", "image_url", "animation_url", "goal_id", "goal_progress_tokens", "goal_target_tokens", "event_time")
