@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,21 @@ def _csv(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     if raw is None:
         return default
     return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _networks(name: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses or CIDR networks (e.g. `10.0.0.0/8,192.0.2.7`), checked and
+    normalized (a network written with host bits, `10.1.2.3/8`, becomes `10.0.0.0/8`)."""
+    normalized = []
+    for entry in _csv(name, ()):
+        try:
+            if "/" in entry:
+                normalized.append(str(ipaddress.ip_network(entry, strict=False)))
+            else:
+                normalized.append(str(ipaddress.ip_address(entry)))
+        except ValueError:
+            raise ConfigError(f"{name}: {entry!r} is not an IP address or network") from None
+    return tuple(normalized)
 
 
 def dev_key(service: str) -> bytes:
@@ -144,6 +160,9 @@ class Settings:
     edge_ip_burst: int = 200
     edge_user_rate_per_second: int = 20
     edge_user_burst: int = 60
+    # Proxies in front of the edge (IPs or CIDRs) whose X-Forwarded-For names the client: the
+    # per-IP limit then counts the client, not the proxy. Empty: the TCP peer is the client.
+    edge_trusted_proxies: tuple[str, ...] = ()
 
     def key_for(self, caller: str) -> bytes:
         try:
@@ -209,4 +228,5 @@ def load_settings() -> Settings:
         edge_ip_burst=_int("FANBANK_EDGE_IP_BURST", 200, 1, 10_000_000),
         edge_user_rate_per_second=_int("FANBANK_EDGE_USER_RATE_PER_SECOND", 20, 0, 1_000_000),
         edge_user_burst=_int("FANBANK_EDGE_USER_BURST", 60, 1, 10_000_000),
+        edge_trusted_proxies=_networks("FANBANK_EDGE_TRUSTED_PROXIES"),
     )

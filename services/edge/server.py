@@ -67,7 +67,10 @@ def make_server(settings: Settings, app, port: int | None = None, handle_signals
         log_config=None,
         access_log=False,
         server_header=False,
-        proxy_headers=False,
+        # X-Forwarded-For is believed only from the configured proxies (uvicorn then takes the
+        # right-most address they did not add); with none, a client could name any IP it likes.
+        proxy_headers=bool(settings.edge_trusted_proxies),
+        forwarded_allow_ips=list(settings.edge_trusted_proxies) or None,
         limit_concurrency=MAX_CONNECTIONS,
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,

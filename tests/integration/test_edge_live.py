@@ -275,6 +275,25 @@ async def test_per_ip_limit_with_exempt_probes(live):
             assert (await http.get(probe)).status_code == 200, probe
 
 
+async def test_per_ip_limit_counts_the_client_behind_a_trusted_proxy(live):
+    limits = {"edge_ip_rate_per_second": 1, "edge_ip_burst": 2, "edge_user_rate_per_second": 0}
+    fan = uid("fan")
+    url, token = f"/v1/owners/{fan}/balance", live.auth(fan)
+
+    def via(client_ip: str) -> dict[str, str]:
+        return {**token, "X-Forwarded-For": f"{client_ip}, 127.0.0.1"}  # the last proxy's own hop
+
+    # The test client connects from 127.0.0.1: as a trusted proxy, its X-Forwarded-For names the client.
+    async with limited_edge(live, **limits, edge_trusted_proxies=("127.0.0.0/8",)) as http:
+        first = [await http.get(url, headers=via("198.51.100.7")) for _ in range(3)]
+        assert [r.status_code for r in first] == [200, 200, 429]
+        assert (await http.get(url, headers=via("198.51.100.8"))).status_code == 200  # another client
+    # Not trusted (the default): the header is the client's own word, and the peer is what counts.
+    async with limited_edge(live, **limits) as http:
+        answers = [await http.get(url, headers=via(f"198.51.100.{i}")) for i in (20, 21, 22)]
+        assert [r.status_code for r in answers] == [200, 200, 429]
+
+
 async def test_without_redis_there_are_no_limits_and_the_log_says_so(live, caplog):
     settings = dataclasses.replace(live.settings, redis_url=None, edge_user_rate_per_second=1, edge_user_burst=1)
     with caplog.at_level(logging.WARNING, logger="services.edge.app"):

@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 
 from shared import auth
-from shared.config import load_settings
+from shared.config import ConfigError, load_settings
 from shared.errors import DomainError
 
 
@@ -93,3 +93,11 @@ def test_configured_keys(monkeypatch):
     assert not settings.using_dev_keys
     md = _meta(auth.sign(b"0123456789abcdef0123", "edge", "/m", user="u"))
     assert auth.verify(dataclasses.replace(settings), md, "/m").user == "u"
+
+
+def test_trusted_proxies_are_checked_and_normalized(monkeypatch):
+    monkeypatch.setenv("FANBANK_EDGE_TRUSTED_PROXIES", "10.1.2.3/8, 192.0.2.7,2001:db8::/32")
+    assert load_settings().edge_trusted_proxies == ("10.0.0.0/8", "192.0.2.7", "2001:db8::/32")
+    monkeypatch.setenv("FANBANK_EDGE_TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal")
+    with pytest.raises(ConfigError, match="proxy.internal"):
+        load_settings()
