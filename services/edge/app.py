@@ -199,7 +199,10 @@ class Gateway:
             )
         subscriber = feed.join(headers, closed, self.draining)
         try:
-            await asyncio.wait({feed.first}, timeout=FIRST_EVENT_WAIT_SECONDS)
+            # A feed open for a while already passed the backend's checks: no wait for its joiners.
+            wait = feed.opened_at + FIRST_EVENT_WAIT_SECONDS - time.monotonic()
+            if wait > 0:
+                await asyncio.wait({feed.first}, timeout=wait)
             failure = feed.first.exception() if feed.first.done() and not feed.first.cancelled() else None
             if failure is not None:
                 raise failure

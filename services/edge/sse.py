@@ -102,6 +102,7 @@ class Feed:
         request,
     ):
         self.call = call
+        self.opened_at = time.monotonic()
         self.first = first
         self.render = render
         self.service = service

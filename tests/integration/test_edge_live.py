@@ -180,10 +180,13 @@ async def test_clients_of_one_user_share_one_backend_stream(live):
             assert response.status_code == 200
             return response, sse_events(response)
 
-        _, first_events = await open_client()
+        _, first_events = await open_client()  # a quiet feed: answered after the first-event wait
+        started = asyncio.get_running_loop().time()
+        _, early = await open_client()  # joins at once: the feed has passed the backend's checks
+        assert asyncio.get_running_loop().time() - started < 1.0
         await live.tip(fan, creator, 1)
         one = await next_data(first_events)
-        assert _amount(one) == 1
+        assert _amount(one) == 1 and _amount(await next_data(early)) == 1
         assert len(_feeds_for(live, creator)) == 1
         # The same user asking the same thing from now, or resuming from the feed's position, joins it.
         _, joined = await open_client()
