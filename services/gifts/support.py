@@ -49,6 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.gifts import rules
 from shared import auth
+from shared.buckets import Bucket, Buckets
 from shared.clock import NOW_SQL
 from shared.errors import DomainError, already_exists, error_info, precondition
 from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as epb
@@ -247,61 +248,26 @@ def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
 
 # ---- the rate limit --------------------------------------------------------------------------------
 
-# A token bucket per key, in thousandths of a request so integer refills stay exact. KEYS: one bucket
-# per request (a sender may appear more than once, taken in order); ARGV: now in ms (business time,
-# passed in: Redis never reads its own clock here), rate per second, burst, key lifetime in ms.
-# Answers per request 0 (admitted) or the milliseconds until it would be.
-_BUCKET_LUA = """
-local now = tonumber(ARGV[1])
-local rate = tonumber(ARGV[2])
-local full = tonumber(ARGV[3]) * 1000
-local ttl = tonumber(ARGV[4])
-local answers = {}
-for i, key in ipairs(KEYS) do
-  local state = redis.call('HMGET', key, 'm', 't')
-  local milli = tonumber(state[1])
-  local at = tonumber(state[2])
-  if milli == nil or at == nil then
-    milli = full
-    at = now
-  end
-  if now > at then
-    milli = math.min(full, milli + (now - at) * rate)
-    at = now
-  end
-  if milli >= 1000 then
-    milli = milli - 1000
-    answers[i] = 0
-  else
-    answers[i] = math.ceil((1000 - milli) / rate)
-  end
-  redis.call('HSET', key, 'm', milli, 't', at)
-  redis.call('PEXPIRE', key, ttl)
-end
-return answers
-"""
 MAX_KEYS_PER_CALL = MAX_BATCH
 
 
 class RateLimiter:
-    """Per-sender token bucket in Redis: `rate` supports a second, bursts of `burst`."""
+    """Per-sender token bucket in Redis (shared/buckets.py): `rate` supports a second, bursts of
+    `burst`, on business time passed in (tests move it with the clock)."""
 
     def __init__(self, redis: Redis, rate_per_second: int, burst: int):
-        assert rate_per_second > 0 and burst >= rate_per_second
-        self.rate = rate_per_second
-        self.burst = burst
-        # After this long untouched a bucket is full again, so forgetting it loses nothing; kept a
-        # minute at least so a test clock that stands still does not see buckets vanish under it.
-        self.ttl_ms = max(60_000, -(-burst * 1000 // rate_per_second) * 2)
-        self.script = redis.register_script(_BUCKET_LUA)
+        # Kept a minute at least, so a test clock that stands still does not see buckets vanish.
+        self.bucket = Bucket.of(rate_per_second, burst, min_ttl_ms=60_000)
+        self.buckets = Buckets(redis)
 
     async def admit(self, senders: Sequence[str], now: dt.datetime) -> list[int]:
-        """Per sender, in order: 0 if admitted, else the delay in ms before it would be."""
+        """Per sender, in order (one may appear more than once): 0 if admitted, else the delay in ms
+        before it would be."""
         now_ms = int(now.timestamp() * 1000)
         answers: list[int] = []
         for start in range(0, len(senders), MAX_KEYS_PER_CALL):
-            keys = [f"fanbank:gifts:rate:{s}" for s in senders[start : start + MAX_KEYS_PER_CALL]]
-            answers += [int(a) for a in await self.script(keys=keys, args=[now_ms, self.rate, self.burst, self.ttl_ms])]
+            part = senders[start : start + MAX_KEYS_PER_CALL]
+            answers += await self.buckets.take([[(f"fanbank:gifts:rate:{s}", self.bucket)] for s in part], now_ms)
         return answers
 
 

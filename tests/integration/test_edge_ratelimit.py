@@ -9,6 +9,7 @@ import uuid
 from redis.asyncio import Redis
 
 from services.edge.ratelimit import RateLimiter
+from shared.buckets import Buckets
 from tests.harness import settings_for
 
 
@@ -16,13 +17,13 @@ def limiter_for(redis_url: str, **limits) -> tuple[RateLimiter, list[int]]:
     settings = settings_for("postgresql://unused/", redis_url, **limits)
     limiter = RateLimiter(Redis.from_url(redis_url), settings, prefix=f"fanbank:test:{uuid.uuid4().hex}")
     calls: list[int] = []
-    script = limiter.script
+    script = limiter.buckets.script
 
     async def counted(keys, args):
-        calls.append(args[0])  # the number of requests judged by this call
+        calls.append(args[1])  # the number of requests judged by this call
         return await script(keys=keys, args=args)
 
-    limiter.script = counted
+    limiter.buckets.script = counted
     return limiter, calls
 
 
@@ -49,7 +50,7 @@ async def test_redis_down_lets_requests_through(redis_url):
     limiter, _ = limiter_for(redis_url, edge_user_rate_per_second=1, edge_user_burst=1)
     await limiter.redis.aclose()
     limiter.redis = Redis.from_url("redis://127.0.0.1:1/0")  # nothing listens there
-    limiter.script = limiter.redis.register_script("return 0")
+    limiter.buckets = Buckets(limiter.redis)
     try:
         assert await asyncio.gather(*(limiter.admit("10.0.0.2", "cid") for _ in range(3))) == [0, 0, 0]
     finally:
