@@ -207,6 +207,51 @@ async def test_clients_of_one_user_share_one_backend_stream(live):
     await _until(lambda: not _feeds_for(live, creator), "the feeds were closed")
 
 
+async def test_shared_feeds_lose_and_repeat_nothing_across_reconnects(live):
+    """Twelve clients of one user share feeds; half of them drop out and come back with
+    Last-Event-ID while tips keep landing: every client sees every tip once, in order."""
+    fan, creator = uid("fan"), uid("creator")
+    await live.fund(fan, 1000)
+    url = f"/v1/creators/{creator}/alerts:watch"
+    headers = live.auth(creator, "creator")
+    seen: list[list[tuple[str, int]]] = [[] for _ in range(12)]
+
+    async def watch(index: int, until: int, last_id: str | None, ready: asyncio.Event) -> str | None:
+        extra = {"Last-Event-ID": last_id} if last_id else {}
+        async with live.http.stream("GET", url, headers={**headers, **extra}) as response:
+            assert response.status_code == 200
+            events = sse_events(response)
+            ready.set()
+            while len(seen[index]) < until:
+                event = await next_data(events)
+                seen[index].append((event["id"], _amount(event)))
+        return seen[index][-1][0] if seen[index] else last_id
+
+    async def tips(amounts) -> None:
+        for amount in amounts:
+            await live.tip(fan, creator, amount)
+
+    readies = [asyncio.Event() for _ in range(12)]
+    stayers = [asyncio.create_task(watch(i, 10, None, readies[i])) for i in range(6)]
+    leavers = [asyncio.create_task(watch(i, 4, None, readies[i])) for i in range(6, 12)]
+    await asyncio.gather(*(r.wait() for r in readies))
+    assert len(_feeds_for(live, creator)) == 1  # a storm of identical clients: one backend call
+    await tips(range(1, 5))
+    last_ids = await asyncio.gather(*leavers)
+    # While they are away, more tips land; they come back from where each stopped.
+    await tips(range(5, 8))
+    back = [asyncio.Event() for _ in range(6)]
+    returners = [asyncio.create_task(watch(6 + i, 10, last_ids[i], back[i])) for i in range(6)]
+    await asyncio.gather(*(r.wait() for r in back))
+    await tips(range(8, 11))
+    await asyncio.gather(*stayers, *returners)
+    for got in seen:
+        assert [amount for _, amount in got] == list(range(1, 11))
+        assert len({event_id for event_id, _ in got}) == 10
+    assert len({tuple(got) for got in seen}) == 1  # the same ids everywhere
+    await _until(lambda: not _feeds_for(live, creator), "the feeds were closed")
+
+
 # ---- rate limits -----------------------------------------------------------------------------------
 
 
