@@ -52,6 +52,7 @@ class RateLimiter:
         self._failure_logged_at = -math.inf
         self._waiting: list[tuple[list[tuple[str, Bucket]], asyncio.Future]] = []
         self._calling = False
+        self._caller: asyncio.Future | None = None
 
     def describe(self) -> str:
         def one(limit: Bucket | None) -> str:
@@ -72,7 +73,7 @@ class RateLimiter:
         self._waiting.append((buckets, future))
         if not self._calling:
             self._calling = True
-            asyncio.ensure_future(self._call())
+            self._caller = asyncio.ensure_future(self._call())  # held: a task nobody holds may vanish
         return await future
 
     async def _call(self) -> None:
