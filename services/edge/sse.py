@@ -115,41 +115,37 @@ class Feed:
         self.subscribers: set[Subscriber] = set()
         self.ended = False
         self._joinable: list[tuple] = []
+        self._live: tuple | None = None  # set when opened "from now": anyone asking that may join
         self._sequence = 0
         if index is not None and token_of is not None:
             self._share(key)
             if not getattr(request, RESUME_TOKEN_FIELD):
-                self._live = key  # opened "from now": anyone asking "from now" may join, for its life
-            else:
-                self._live = None
-        else:
-            self._live = None
+                self._live = key
         self._task = asyncio.ensure_future(self._pump(first))
 
     # ---- who may join -----------------------------------------------------------------------
 
     def _share(self, key: tuple) -> None:
-        if self.index is not None:
-            self.index.feeds[key] = self
-            self._joinable.append(key)
+        self.index.feeds[key] = self
+        self._joinable.append(key)
 
-    def _unshare(self) -> None:
-        for key in self._joinable:
-            if self.index is not None and self.index.feeds.get(key) is self:
-                del self.index.feeds[key]
-        self._joinable.clear()
+    def _unshare(self, keep: tuple | None = None) -> None:
+        """Takes this feed out of the index under every key but `keep`."""
+        if self.index is not None:
+            for key in self._joinable:
+                if key != keep and self.index.feeds.get(key) is self:
+                    del self.index.feeds[key]
+        self._joinable = [keep] if keep is not None else []
+
+    def retire(self) -> None:
+        """Takes no newcomers any more (too close to the end of its call's life)."""
+        self._live = None
+        self._unshare()
 
     def _moved_to(self, token: str) -> None:
         """After handing out the event with resume token `token`: a client resuming from exactly
         there may join; one asking for this feed's previous position no longer may."""
-        keep = [self._live] if self._live is not None else []
-        for key in self._joinable:
-            if key not in keep and self.index is not None and self.index.feeds.get(key) is self:
-                del self.index.feeds[key]
-        self._joinable = list(keep)
-        if self.index is None or time.monotonic() > self.deadline - self.index.min_life_seconds:
-            self._unshare()  # too close to its end to take newcomers
-            return
+        self._unshare(keep=self._live)
         request = type(self.request)()
         request.CopyFrom(self.request)
         setattr(request, RESUME_TOKEN_FIELD, token)
@@ -191,7 +187,6 @@ class Feed:
                 try:
                     message = read.result()
                 except grpc.aio.AioRpcError as error:
-                    self._unshare()
                     if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() >= self.deadline:
                         final = EXPIRED
                     else:
@@ -234,7 +229,7 @@ class FeedIndex:
         if feed is None or feed.ended:
             return None
         if time.monotonic() > feed.deadline - self.min_life_seconds:
-            feed._unshare()
+            feed.retire()
             return None
         return feed
 
