@@ -4,16 +4,21 @@
 Concurrent requests queue up; a committer takes up to `batch_max` of them and applies them all in
 one PostgreSQL transaction with a constant number of statements whatever the batch size:
 
-1. insert the batch's idempotency rows (sorted, ON CONFLICT DO NOTHING) and reserve transfer ids;
-   rows that already existed answer with the stored response (or are refused as a reused id);
+1. read the idempotency rows the batch's ops already have (those answer with the stored response,
+   or are refused as a reused id) and reserve operation and transfer ids from their sequences;
 2. lock holds and original transfers the batch resolves or reverses (only when it has such ops);
 3. lock every account the batch touches, in ascending id order, and read the one clock;
 4. apply each op in Python against the locked balances (all-or-nothing per op);
-5. write transfers, entries, balances, holds and responses in one statement, then commit.
+5. write the idempotency rows with their answers (sorted, ON CONFLICT DO NOTHING), transfers,
+   entries, balances and holds in one statement, then commit.
 
-Lock order is the same everywhere — idempotency keys, then holds/transfers, then accounts by id —
-so batches from several processes never deadlock; a deadlock or serialization failure anyway
-(e.g. a server restarted mid-flight) retries the whole batch, which idempotency makes safe.
+An idempotency row is written once, complete with its answer. If another process wrote one of the
+batch's keys between steps 1 and 5 (the same id sent to two Wallet processes at once), the insert
+finds it (waiting for that transaction to end), writes fewer rows than it should, and the whole
+batch is rolled back and retried, when step 1 sees the other answer. Lock order is the same
+everywhere — holds/transfers, then accounts by id, then idempotency keys in sorted order — so
+batches from several processes never deadlock; a deadlock or serialization failure anyway (e.g. a
+server restarted mid-flight) retries the whole batch, which idempotency makes safe.
 """
 
 from __future__ import annotations
@@ -140,8 +145,9 @@ class _Waiter:
 _Result = tuple[bool, Message | bytes] | DomainError
 
 
-class _AccountRace(Exception):
-    """Another process created an account this batch meant to create; the batch is retried."""
+class _Race(Exception):
+    """Another process created an account this batch meant to create, or wrote an idempotency row
+    this batch meant to write; the batch is retried."""
 
 
 class _Refused(Exception):
@@ -372,8 +378,8 @@ class Ledger:
             try:
                 results = await self._transaction(ready)
                 break
-            except (psycopg.Error, _AccountRace) as exc:
-                if not isinstance(exc, (*_RETRYABLE, _AccountRace)) or attempt == _MAX_ATTEMPTS:
+            except (psycopg.Error, _Race) as exc:
+                if not isinstance(exc, (*_RETRYABLE, _Race)) or attempt == _MAX_ATTEMPTS:
                     raise
                 log.warning("wallet batch retried", extra={"attempt": attempt, "error": type(exc).__name__})
         else:  # pragma: no cover - the loop either breaks or raises
@@ -392,14 +398,15 @@ class Ledger:
             # Idempotency rows are claimed in one global order (deadlock freedom); ops are applied in
             # the order they arrived, so an independent batch's items are tried in request order.
             arrival = [w.op for w in waiters]
-            rows, transfer_ids = await self._claim(conn, sorted(arrival, key=lambda op: op.identity))
+            stored, op_ids, transfer_ids = await self._lookup(conn, arrival)
             statements += 1
-            existing = [op for op in arrival if op.identity not in rows]
-            if existing:
-                statements += 1
-                for op, stored in await self._stored(conn, existing):
-                    results[op.identity] = _replay_stored(op, stored)
-            todo = [op for op in arrival if op.identity in rows]
+            todo = []
+            for op in arrival:
+                if op.identity in stored:
+                    results[op.identity] = _replay_stored(op, stored[op.identity])
+                else:
+                    todo.append(op)
+            rows = dict(zip((op.identity for op in todo), op_ids, strict=False))
             holds, originals = {}, {}
             if any(op.kind in ("CAPTURE", "VOID") for op in todo):
                 holds = await self._lock_holds(conn, todo)
@@ -414,27 +421,26 @@ class Ledger:
             statements += 1
             batch = _Batch(now, accounts, transfer_ids, holds, originals)
             batch.ids = {account.ref: account.id for account in accounts.values()}
-            dropped: list[int] = []
-            answers: list[tuple[int, bool, bytes]] = []
+            answers: list[tuple[Op, int, bool, bytes]] = []
             for op in todo:
                 row_id = rows[op.identity]
                 try:
                     self._check_accounts(batch, op)
                     response = self._apply(batch, op, row_id)
-                    answers.append((row_id, True, response.SerializeToString()))
+                    answers.append((op, row_id, True, response.SerializeToString()))
                     results[op.identity] = (True, response)
                 except _Refused as refused:
                     if refused.record:
                         status = refused.error.to_status().SerializeToString()
-                        answers.append((row_id, False, status))
+                        answers.append((op, row_id, False, status))
                         results[op.identity] = (False, status)
                     else:
-                        dropped.append(row_id)
                         results[op.identity] = refused.error
             if batch.used_new:
                 await self._insert_new_accounts(conn, batch)
                 statements += 1
-            await self._write(conn, batch, answers, dropped)
+            if await self._write(conn, batch, answers) != len(answers):
+                raise _Race()
             statements += 3  # the write, BEGIN and COMMIT
         for account in batch.created:
             self._remember(account.id, account.ref)
@@ -466,50 +472,43 @@ class Ledger:
         )
         real = {Ref(r.owner_id, r.asset, r.code): r.id for r in result}
         if len(real) != len(new):
-            raise _AccountRace()
+            raise _Race()
         batch.renumber({account.id: real[account.ref] for account in new})
 
-    async def _claim(self, conn: _Conn, ops: list[Op]) -> tuple[dict[tuple, int], list[int]]:
+    async def _lookup(self, conn: _Conn, ops: list[Op]) -> tuple[dict[tuple, tuple], list[int], list[int]]:
+        """The stored (request, ok, response) of the ops that already have an idempotency row, and
+        ids reserved for the others' rows and postings, in one statement."""
         postings_bound = sum(_postings_bound(op) for op in ops)
         result = await conn.execute(
             _sql(
-                "WITH ins AS ("
-                " INSERT INTO wallet.operations (scope, kind, key, request, ok, response, created_at)"
-                f" SELECT e->>0, e->>1, e->>2, e->3, false, '', {NOW_SQL}"
-                " FROM jsonb_array_elements(CAST(:ops AS jsonb)) AS e ORDER BY e->>0, e->>1, e->>2"
-                " ON CONFLICT (scope, kind, key) DO NOTHING RETURNING id, scope, kind, key)"
-                " SELECT id, scope, kind, key, NULL::bigint[] AS ids FROM ins"
-                " UNION ALL SELECT NULL, NULL, NULL, NULL,"
-                " ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"
+                "SELECT o.scope, o.kind, o.key, o.request, o.ok, o.response, NULL::bigint[] AS ids"
+                " FROM wallet.operations o JOIN jsonb_array_elements(CAST(:keys AS jsonb)) AS e"
+                " ON o.scope = e->>0 AND o.kind = e->>1 AND o.key = e->>2"
+                " UNION ALL SELECT 'op', NULL, NULL, NULL, NULL, NULL,"
+                " ARRAY(SELECT nextval('wallet.operations_id_seq') FROM generate_series(1, :n_ops))"
+                " UNION ALL SELECT 'transfer', NULL, NULL, NULL, NULL, NULL,"
+                " ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n_postings))"
             ),
-            {"ops": _json([[op.scope, op.kind, op.key, op.fields] for op in ops]), "n": postings_bound},
+            {"keys": _json([op.identity for op in ops]), "n_ops": len(ops), "n_postings": postings_bound},
         )
-        claimed: dict[tuple, int] = {}
+        stored: dict[tuple, tuple] = {}
+        op_ids: list[int] = []
         transfer_ids: list[int] = []
         for row in result:
-            if row.id is None:
-                transfer_ids = list(reversed(row.ids))
+            if row.ids is not None:
+                if row.scope == "op":
+                    op_ids = list(row.ids)
+                else:
+                    transfer_ids = list(reversed(row.ids))
             else:
-                claimed[(row.scope, row.kind, row.key)] = row.id
-        return claimed, transfer_ids
+                stored[(row.scope, row.kind, row.key)] = (row.request, row.ok, bytes(row.response))
+        return stored, op_ids, transfer_ids
 
     async def _reserve_transfer_ids(self, conn: _Conn, count: int) -> list[int]:
         result = await conn.execute(
             _sql("SELECT ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"), {"n": count}
         )
         return list(result[0][0])
-
-    async def _stored(self, conn: _Conn, ops: list[Op]) -> list[tuple[Op, tuple]]:
-        result = await conn.execute(
-            _sql(
-                "SELECT o.scope, o.kind, o.key, o.request, o.ok, o.response FROM wallet.operations o"
-                " JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[])) AS u(s, k, y)"
-                " ON o.scope = u.s AND o.kind = u.k AND o.key = u.y"
-            ),
-            {"s": [op.scope for op in ops], "k": [op.kind for op in ops], "y": [op.key for op in ops]},
-        )
-        stored = {(r.scope, r.kind, r.key): (r.request, r.ok, bytes(r.response)) for r in result}
-        return [(op, stored[op.identity]) for op in ops]
 
     async def _lock_holds(self, conn: _Conn, ops: list[Op]) -> dict[tuple[str, str], _Hold]:
         keys = sorted({(op.scope, op.payload.hold_id) for op in ops if op.kind in ("CAPTURE", "VOID")})
@@ -652,9 +651,8 @@ class Ledger:
         assert now is not None
         return accounts, now
 
-    async def _write(
-        self, conn: _Conn, batch: _Batch, answers: list[tuple[int, bool, bytes]], dropped: list[int]
-    ) -> None:
+    async def _write(self, conn: _Conn, batch: _Batch, answers: list[tuple[Op, int, bool, bytes]]) -> int:
+        """Writes the batch in one statement; answers how many idempotency rows it wrote."""
         parts: list[str] = []
         params: dict[str, object] = {"now": batch.now}
         if batch.postings:
@@ -739,23 +737,29 @@ class Ledger:
                 n_t=[x[0] for x in batch.notes], n_a=[x[1] for x in batch.notes], n_r=[x[2] for x in batch.notes]
             )
         if answers:
+            # The idempotency rows, complete with their answers, in one global order (see the module
+            # docstring): a key another process wrote meanwhile is skipped, and the count tells.
             parts.append(
-                "o AS (UPDATE wallet.operations x SET ok = (r->>1)::boolean, response = decode(r->>2, 'hex')"
-                " FROM jsonb_array_elements(CAST(:o AS jsonb)) AS r WHERE x.id = (r->>0)::bigint)"
+                "o AS (INSERT INTO wallet.operations (id, scope, kind, key, request, ok, response, created_at)"
+                " SELECT (r->>0)::bigint, r->>1, r->>2, r->>3, r->4, (r->>5)::boolean, decode(r->>6, 'hex'),"
+                " CAST(:now AS timestamptz) FROM jsonb_array_elements(CAST(:o AS jsonb)) AS r"
+                " ORDER BY r->>1, r->>2, r->>3 ON CONFLICT (scope, kind, key) DO NOTHING RETURNING 1)"
             )
-            params["o"] = _json([[row_id, ok, response.hex()] for row_id, ok, response in answers])
-        if dropped:
-            parts.append("d AS (DELETE FROM wallet.operations WHERE id = ANY(CAST(:drop AS bigint[])))")
-            params["drop"] = dropped
-        select = "SELECT 1"
+            params["o"] = _json(
+                [
+                    [row_id, op.scope, op.kind, op.key, op.fields, ok, response.hex()]
+                    for op, row_id, ok, response in sorted(answers, key=lambda a: a[0].identity)
+                ]
+            )
+        select = "SELECT (SELECT count(*) FROM o)" if answers else "SELECT 0"
         if batch.touched:
             payload = json.dumps(sorted(f"{o}|{a}" for o, a in batch.touched))
             if len(payload) > _NOTIFY_MAX_BYTES:
                 payload = '"*"'
-            select = f"SELECT pg_notify('{NOTIFY_CHANNEL}', :notify)"
+            select += f", pg_notify('{NOTIFY_CHANNEL}', :notify)"
             params["notify"] = payload
         sql = ("WITH " + ", ".join(parts) + " " if parts else "") + select
-        await conn.execute(_sql(sql), params)
+        return (await conn.execute(_sql(sql), params))[0][0]
 
     # ---- applying one op ------------------------------------------------------------------------
 

@@ -155,3 +155,55 @@ async def test_statements_per_batch_do_not_grow_with_its_size(ledger, monkeypatc
     assert tip_postings == 2 * tips
     audit = await queries.audit(ledger.engine)
     assert audit.ok, audit.violations
+
+
+async def test_two_processes_writing_the_same_ids_at_once_apply_each_once(ledger, monkeypatch):
+    """Two ledgers (as in two Wallet processes) both find the same ids unused and apply them: the
+    second to write its idempotency rows finds the first's, rolls its batch back and answers the
+    first's result. Each tip is charged once and both callers get byte-identical answers."""
+    other = Ledger(ledger.engine, batch_max=1000, committers=1)
+    fans = [f"fan-race-{i}" for i in range(20)]
+    await fund(ledger, fans)
+    both_looked = asyncio.Barrier(2)
+    lookups = {"n": 0}
+    original = Ledger._lookup
+
+    async def lookup_together(self, conn, ops):
+        found = await original(self, conn, ops)
+        lookups["n"] += 1
+        if lookups["n"] <= 2:  # the first lookup of each ledger: neither has written yet
+            await both_looked.wait()
+        return found
+
+    monkeypatch.setattr(Ledger, "_lookup", lookup_together)
+    other.start()
+    try:
+        ops = [tip_op(fan) for fan in fans]
+        first, second = await asyncio.wait_for(
+            asyncio.gather(
+                asyncio.gather(*(ledger.submit(op) for op in ops)),
+                asyncio.gather(*(other.submit(op) for op in ops)),
+            ),
+            30,
+        )
+    finally:
+        await other.stop()
+        monkeypatch.undo()
+    assert lookups["n"] >= 3, "the losing batch was retried and looked its ids up again"
+    as_bytes = [[a if isinstance(a, bytes) else a.SerializeToString() for a in answers] for answers in (first, second)]
+    assert as_bytes[0] == as_bytes[1]
+    async with ledger.engine.connect() as conn:
+        rows = await conn.scalar(
+            text("SELECT count(*) FROM wallet.operations WHERE key = ANY(:keys)"), {"keys": [op.key for op in ops]}
+        )
+        spent = await conn.scalar(
+            text(
+                "SELECT count(*) FROM wallet.transfers t JOIN wallet.operations o ON o.id = t.operation_id"
+                " WHERE o.key = ANY(:keys)"
+            ),
+            {"keys": [op.key for op in ops]},
+        )
+    assert rows == len(fans)
+    assert spent == 2 * len(fans)  # promotional + purchased posting per tip, once
+    audit = await queries.audit(ledger.engine)
+    assert audit.ok, audit.violations
