@@ -14,8 +14,9 @@ one PostgreSQL transaction with a constant number of statements whatever the bat
 
 An idempotency row is written once, complete with its answer. If another process wrote one of the
 batch's keys between steps 1 and 5 (the same id sent to two Wallet processes at once), the insert
-finds it (waiting for that transaction to end), writes fewer rows than it should, and the whole
-batch is rolled back and retried, when step 1 sees the other answer. Lock order is the same
+finds it (waiting for that transaction to end), writes fewer rows than it should (or a hold's own
+unique key is violated), and the whole batch is rolled back and retried, when step 1 sees the
+other answer. Lock order is the same
 everywhere — holds/transfers, then accounts by id, then idempotency keys in sorted order — so
 batches from several processes never deadlock; a deadlock or serialization failure anyway (e.g. a
 server restarted mid-flight) retries the whole batch, which idempotency makes safe.
@@ -51,7 +52,9 @@ from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-_RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure)
+# A unique violation in the write can only be a key another process wrote after this batch looked
+# (a hold's (scope, key), written beside its idempotency row): the retry finds that op's answer.
+_RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.UniqueViolation)
 _MAX_ATTEMPTS = 5
 NOTIFY_CHANNEL = "wallet_balance"
 _NOTIFY_MAX_BYTES = 7000
@@ -395,8 +398,8 @@ class Ledger:
             return results
         statements = 0
         async with self._connection() as conn:
-            # Idempotency rows are claimed in one global order (deadlock freedom); ops are applied in
-            # the order they arrived, so an independent batch's items are tried in request order.
+            # Ops are applied in the order they arrived, so an independent batch's items are tried in
+            # request order; their idempotency rows are written in one global order (see _write).
             arrival = [w.op for w in waiters]
             stored, op_ids, transfer_ids = await self._lookup(conn, arrival)
             statements += 1

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from services.wallet import model, queries
 from services.wallet.ledger import Ledger
-from services.wallet.model import Item, Op, Ref
+from services.wallet.model import HoldSpec, Item, Op, Ref
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 from tests.harness import migrated_engine, settings_for
 
@@ -80,6 +80,13 @@ def transfer_op(key: str, debit: Ref, credit: Ref, amount: int, code: str) -> Op
 
 def tip_op(fan: str) -> Op:
     return transfer_op(f"tip-{fan}", Ref(fan, "TOKEN", model.WALLET), Ref(CREATOR, "TOKEN", model.EARNINGS), TIP, "TIP")
+
+
+def hold_op(fan: str) -> Op:
+    account = Ref(fan, "TOKEN", model.PURCHASED)
+    spec = HoldSpec(f"hold-{fan}", account, Ref(CREATOR, "TOKEN", model.EARNINGS), 1, "CALL_BLOCK", "call", "c-1", 60)
+    fields = {"account": account.as_list(), "amount": 1, "ttl_seconds": 60}
+    return Op(SCOPE, "HOLD", spec.hold_id, fields, spec)
 
 
 async def submit_all(ledger: Ledger, ops: list[Op]) -> list[pb.Transfer]:
@@ -159,8 +166,9 @@ async def test_statements_per_batch_do_not_grow_with_its_size(ledger, monkeypatc
 
 async def test_two_processes_writing_the_same_ids_at_once_apply_each_once(ledger, monkeypatch):
     """Two ledgers (as in two Wallet processes) both find the same ids unused and apply them: the
-    second to write its idempotency rows finds the first's, rolls its batch back and answers the
-    first's result. Each tip is charged once and both callers get byte-identical answers."""
+    second to write its idempotency rows (or its holds) finds the first's, rolls its batch back and
+    answers the first's result. Each tip is charged once, each hold made once, and both callers get
+    byte-identical answers."""
     other = Ledger(ledger.engine, batch_max=1000, committers=1)
     fans = [f"fan-race-{i}" for i in range(20)]
     await fund(ledger, fans)
@@ -178,7 +186,7 @@ async def test_two_processes_writing_the_same_ids_at_once_apply_each_once(ledger
     monkeypatch.setattr(Ledger, "_lookup", lookup_together)
     other.start()
     try:
-        ops = [tip_op(fan) for fan in fans]
+        ops = [tip_op(fan) for fan in fans] + [hold_op(fan) for fan in fans[:5]]
         first, second = await asyncio.wait_for(
             asyncio.gather(
                 asyncio.gather(*(ledger.submit(op) for op in ops)),
@@ -203,7 +211,11 @@ async def test_two_processes_writing_the_same_ids_at_once_apply_each_once(ledger
             ),
             {"keys": [op.key for op in ops]},
         )
-    assert rows == len(fans)
+        holds = await conn.scalar(
+            text("SELECT count(*) FROM wallet.holds WHERE key = ANY(:keys)"), {"keys": [op.key for op in ops]}
+        )
+    assert rows == len(ops)
     assert spent == 2 * len(fans)  # promotional + purchased posting per tip, once
+    assert holds == 5
     audit = await queries.audit(ledger.engine)
     assert audit.ok, audit.violations
