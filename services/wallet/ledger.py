@@ -16,10 +16,12 @@ An idempotency row is written once, complete with its answer. If another process
 batch's keys between steps 1 and 5 (the same id sent to two Wallet processes at once), the insert
 finds it (waiting for that transaction to end), writes fewer rows than it should (or a hold's own
 unique key is violated), and the whole batch is rolled back and retried, when step 1 sees the
-other answer. Lock order is the same
-everywhere — holds/transfers, then accounts by id, then idempotency keys in sorted order — so
-batches from several processes never deadlock; a deadlock or serialization failure anyway (e.g. a
-server restarted mid-flight) retries the whole batch, which idempotency makes safe.
+other answer.
+
+Lock order is the same everywhere — holds/transfers, then accounts by id, then idempotency keys in
+sorted order — so batches from several processes never deadlock; a deadlock or serialization
+failure anyway (e.g. a server restarted mid-flight) retries the whole batch, which idempotency
+makes safe.
 """
 
 from __future__ import annotations
