@@ -339,7 +339,10 @@ _LOOKUP_SQL = text(
 _BY_IDS_SQL = text("SELECT * FROM gifts.tips WHERE tip_id = ANY(CAST(:ids AS text[]))")
 
 # Settle, statement 1: claims the intents still PENDING (locked in id order, so two settlers of
-# overlapping sets cannot deadlock), writes their outcome, answers the rows as they now are.
+# overlapping sets cannot deadlock), writes their outcome, answers the rows as they now are. The ids
+# come twice, also as an array: a recordset counts as 100 rows to the planner, which then preferred
+# scanning every tip for the PENDING ones over 100 primary-key reads (EXPLAIN ANALYZE at 20,000
+# tips: a sequential scan, 3.7 ms; with the array, the primary key, 1.2 ms).
 # Wallet is the truth about money: a charge also claims an intent recorded FAILED. That happens only
 # after a refusal Wallet does not record (ACCOUNT_NOT_FOUND: the fan had never held tokens) when a
 # re-drive of the same ids, racing the first, found the fan funded: the tip then did happen.
@@ -349,7 +352,8 @@ _CLAIM_SQL = text(
         SELECT * FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(tip_id text, status text, reason text)
     ), claimed AS (
         SELECT t.tip_id FROM gifts.tips t JOIN outcome o USING (tip_id)
-        WHERE t.status = 'PENDING' OR (t.status = 'FAILED' AND o.status = 'COMPLETED')
+        WHERE t.tip_id = ANY(CAST(:ids AS text[]))
+          AND (t.status = 'PENDING' OR (t.status = 'FAILED' AND o.status = 'COMPLETED'))
         ORDER BY t.tip_id FOR UPDATE OF t
     )
     UPDATE gifts.tips t SET status = o.status, failure_reason = o.reason, completed_at = {NOW_SQL}
@@ -717,7 +721,11 @@ class Payments:
             for o in {o.charge.tip_id: o for o in outcomes}.values()
         ]
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(_CLAIM_SQL, {"rows": json.dumps(results)})).all()
+            rows = (
+                await conn.execute(
+                    _CLAIM_SQL, {"rows": json.dumps(results), "ids": sorted(r["tip_id"] for r in results)}
+                )
+            ).all()
             if not rows:
                 return {}
             order = {o.charge.tip_id: i for i, o in enumerate(outcomes)}

@@ -393,6 +393,38 @@ async def test_sweeper_finishes_a_block_left_pending(env):
     await audit_ok(env)
 
 
+async def test_a_refused_block_of_a_call_ended_meanwhile_is_released(env):
+    """The sweeper re-drives a block whose first settle died; by then the call has ended. Wallet
+    refuses the block again (the fan ran out): the intent is FAILED and the call lets go of it."""
+    fan, c = uid("fan"), await creator(env)
+    await fund(env, fan, 50)  # exactly the first block
+    call = await start(env, fan, c)
+    await env.clock.advance(BLOCK)
+    await heartbeat(env, call.call_id)
+    meter = env.service.metering
+    settle, meter.settle = meter.settle, _crash  # dies between Wallet's refusal and the outcome commit
+    try:
+        with pytest.raises(RuntimeError):
+            await meter.tick()
+    finally:
+        meter.settle = settle
+    await env.billing.EndCall(bpb.EndCallRequest(request_id=uid("e"), call_id=call.call_id))
+    assert await meter.sweep(dt.timedelta(0)) == 1
+    async with env.engine.connect() as conn:
+        charging = await conn.scalar(
+            text("SELECT charging_block_no FROM billing.calls WHERE call_id = :c"), {"c": call.call_id}
+        )
+        intent = await conn.scalar(
+            text("SELECT status FROM billing.charge_intents WHERE call_id = :c AND block_no = 1"),
+            {"c": call.call_id},
+        )
+    assert (charging, intent) == (None, "FAILED")
+    got = await get(env, call.call_id)
+    assert (got.blocks_charged, got.tokens_charged) == (1, 50)
+    assert (await balance(env, fan)).spendable_available == 0
+    await audit_ok(env)
+
+
 async def _crash(outcomes, confirming=None):
     raise RuntimeError("process killed")
 
