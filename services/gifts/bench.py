@@ -86,8 +86,12 @@ def tip_request(phase: TipPhase, client_index: int, seq: int) -> gpb.SendTipRequ
 
 
 async def _drive(phase: TipPhase) -> Load:
+    # Each channel its own connection (a local subchannel pool; channels to one target otherwise share
+    # one), as many fans reach Gifts over many connections (edge workers, other replicas).
     channels = [
-        grpc.aio.insecure_channel(phase.target, options=[("grpc.keepalive_time_ms", 30_000)])
+        grpc.aio.insecure_channel(
+            phase.target, options=[("grpc.keepalive_time_ms", 30_000), ("grpc.use_local_subchannel_pool", 1)]
+        )
         for _ in range(phase.channels)
     ]
     try:
@@ -309,7 +313,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--load-processes", type=bounded(1, MAX_LOAD_PROCESSES), default=1, help="load generator processes (1)"
     )
-    parser.add_argument("--channels", type=bounded(1, 16), default=1, help="channels per load process (1)")
+    parser.add_argument(
+        "--channels", type=bounded(1, 16), default=4, help="connections per load process (4; see shared/server.py)"
+    )
     opts = parser.parse_args(argv)
     if opts.seconds is None:
         opts.seconds = 8.0 if opts.quick else 30.0
