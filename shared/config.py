@@ -152,7 +152,7 @@ class Settings:
     grpc_max_pending_requests: int = 20_000
     # Servers per process on the one port (SO_REUSEPORT; shared/server.py "Accept loops"); both limits
     # above apply to each.
-    grpc_accept_loops: int = 4
+    grpc_accept_loops: int = 8
     # Streams: live WatchStream feeds per process (beyond it: RESOURCE_EXHAUSTED TOO_MANY_SUBSCRIBERS)
     # and each feed's queue of undelivered events per channel (full: the watcher is dropped).
     streams_max_watchers: int = 10_000
@@ -225,7 +225,7 @@ def load_settings() -> Settings:
         edge_max_body_bytes=_int("FANBANK_EDGE_MAX_BODY_BYTES", 64 * 1024, 1024, 4 * 1024 * 1024),
         grpc_max_concurrent_rpcs=_int("FANBANK_GRPC_MAX_CONCURRENT_RPCS", 20_000, 10, 1_000_000),
         grpc_max_pending_requests=_int("FANBANK_GRPC_MAX_PENDING_REQUESTS", 20_000, 100, 1_000_000),
-        grpc_accept_loops=_int("FANBANK_GRPC_ACCEPT_LOOPS", 4, 1, 16),
+        grpc_accept_loops=_int("FANBANK_GRPC_ACCEPT_LOOPS", 8, 1, 32),
         streams_max_watchers=_int("FANBANK_STREAMS_MAX_WATCHERS", 10_000, 1, 500_000),
         streams_watch_queue=_int("FANBANK_STREAMS_WATCH_QUEUE", 256, 100, 100_000),
         edge_ip_rate_per_second=_int("FANBANK_EDGE_IP_RATE_PER_SECOND", 100, 0, 1_000_000),

@@ -29,7 +29,6 @@ from __future__ import annotations
 import abc
 import argparse
 import asyncio
-import collections
 import contextlib
 import dataclasses
 import json
@@ -44,7 +43,7 @@ from pathlib import Path
 import grpc
 
 from services.gifts.bench import PRESET, _gifts_checks, _servers
-from shared import auth, client, tipbench
+from shared import auth, client, h2client, tipbench
 from shared.bench import STARTUP_SECONDS, ServiceProcess, bounded, cpu_seconds, percentile
 from shared.config import load_settings
 from shared.db import make_engine, migrate
@@ -246,197 +245,37 @@ class _GrpcSubscribers(_Subscribers):
                 await channel.close()
 
 
-# ---- a minimal HTTP/2 gRPC client for server-streaming calls (RFC 9113, gRPC over HTTP/2) ----------
-
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-_DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
-_END_STREAM = _ACK = 0x1
-_END_HEADERS, _PADDED = 0x4, 0x8
-_SETTINGS_MAX_CONCURRENT_STREAMS, _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_ENABLE_PUSH = 3, 4, 2
-_MAX_WINDOW = 2**31 - 1
-_DEFAULT_WINDOW = 65_535
-
-
-def _h2_frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
-
-
-def _hpack_int(value: int, prefix_bits: int = 7) -> bytes:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytes((value,))
-    out, value = bytearray((limit,)), value - limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _hpack_literal(name: str, value: str) -> bytes:
-    """A header field as a literal without indexing, new name, no Huffman (RFC 7541 6.2.2)."""
-    raw_name, raw_value = name.encode(), value.encode()
-    return b"\x00" + _hpack_int(len(raw_name)) + raw_name + _hpack_int(len(raw_value)) + raw_value
-
-
-class _H2Connection(asyncio.Protocol):
-    """One connection carrying many WatchStream calls. It sends each call's HEADERS and request
-    DATA, grants the server the largest flow-control windows up front (so it never waits for a
-    WINDOW_UPDATE), answers SETTINGS and PING, and splits DATA into gRPC messages, each noted with
-    the time its bytes were read. Response headers are never decoded (no HPACK state is needed to
-    skip them): a HEADERS frame that ends a stream, or RST_STREAM, ends that subscriber."""
-
-    def __init__(self, owner: _RawSubscribers, header_block: bytes):
-        self.owner = owner
-        self.header_block = header_block
-        self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
-        self.streams: dict[int, int] = {}  # stream id → subscriber
-        self.partial: dict[int, bytes] = {}
-        self.next_id = 1
-        self.send_window = _DEFAULT_WINDOW
-        self.pending: collections.deque[tuple[int, bytes]] = collections.deque()
-        self.max_streams: int | None = None
-        self.closing = False
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        settings = _SETTINGS_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big")
-        settings += _SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + _MAX_WINDOW.to_bytes(4, "big")
-        transport.write(
-            _H2_PREFACE
-            + _h2_frame(_SETTINGS, 0, 0, settings)
-            + _h2_frame(_WINDOW_UPDATE, 0, 0, (_MAX_WINDOW - _DEFAULT_WINDOW).to_bytes(4, "big"))
-        )
-
-    def call(self, local: int, body: bytes) -> None:
-        stream, self.next_id = self.next_id, self.next_id + 2
-        self.streams[stream] = local
-        self.transport.write(_h2_frame(_HEADERS, _END_HEADERS, stream, self.header_block))
-        self.pending.append((stream, b"\x00" + len(body).to_bytes(4, "big") + body))
-        self._flush()
-
-    def _flush(self) -> None:
-        out = []
-        while self.pending and len(self.pending[0][1]) <= self.send_window:
-            stream, data = self.pending.popleft()
-            self.send_window -= len(data)
-            out.append(_h2_frame(_DATA, _END_STREAM, stream, data))
-        if out:
-            self.transport.write(b"".join(out))
-
-    def _end(self, stream: int, reason: str, detail: str) -> None:
-        local = self.streams.pop(stream, None)
-        self.partial.pop(stream, None)
-        if local is not None and not self.closing:
-            self.owner.end(local, reason, detail)
-
-    def _messages(self, stream: int, payload: bytes, at: float) -> None:
-        local = self.streams.get(stream)
-        if local is None:
-            return
-        rest = self.partial.pop(stream, b"")
-        data = rest + payload if rest else payload
-        at_byte, size = 0, len(data)
-        while size - at_byte >= 5:
-            length = int.from_bytes(data[at_byte + 1 : at_byte + 5], "big")
-            if size - at_byte - 5 < length:
-                break
-            self.owner.note(local, data[at_byte + 5 : at_byte + 5 + length], at)
-            at_byte += 5 + length
-        if at_byte < size:
-            self.partial[stream] = data[at_byte:]
-
-    def data_received(self, data: bytes) -> None:
-        at = time.time()
-        buffer = self.buffer
-        buffer += data
-        position, size = 0, len(buffer)
-        replies = []
-        while size - position >= 9:
-            length = int.from_bytes(buffer[position : position + 3], "big")
-            if size - position < 9 + length:
-                break
-            kind, flags = buffer[position + 3], buffer[position + 4]
-            stream = int.from_bytes(buffer[position + 5 : position + 9], "big") & 0x7FFFFFFF
-            payload = bytes(buffer[position + 9 : position + 9 + length])
-            position += 9 + length
-            if kind == _DATA:
-                if flags & _PADDED:
-                    payload = payload[1 : len(payload) - payload[0]]
-                self._messages(stream, payload, at)
-                if flags & _END_STREAM:
-                    self._end(stream, "ENDED", "the server ended the stream with DATA")
-            elif kind == _HEADERS and flags & _END_STREAM:
-                self._end(stream, "ENDED", "the server ended the feed (trailers not decoded)")
-            elif kind == _RST_STREAM:
-                self._end(stream, f"RST_STREAM {int.from_bytes(payload[:4], 'big')}", "the server reset the stream")
-            elif kind == _SETTINGS and not flags & _ACK:
-                for at_setting in range(0, len(payload) - 5, 6):
-                    if int.from_bytes(payload[at_setting : at_setting + 2], "big") == _SETTINGS_MAX_CONCURRENT_STREAMS:
-                        self.max_streams = int.from_bytes(payload[at_setting + 2 : at_setting + 6], "big")
-                replies.append(_h2_frame(_SETTINGS, _ACK, 0))
-            elif kind == _PING and not flags & _ACK:
-                replies.append(_h2_frame(_PING, _ACK, 0, payload))
-            elif kind == _WINDOW_UPDATE and stream == 0:
-                self.send_window += int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-                self._flush()
-            elif kind == _GOAWAY:
-                last = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
-                for refused in [s for s in self.streams if s > last]:
-                    self._end(refused, "GOAWAY", "the server is going away")
-        del buffer[:position]
-        if replies:
-            self.transport.write(b"".join(replies))
-
-    def connection_lost(self, exc) -> None:
-        for stream in list(self.streams):
-            self._end(stream, "CONNECTION_LOST", str(exc or "the server closed the connection"))
-
-
 class _RawSubscribers(_Subscribers):
-    """Subscribers over a minimal HTTP/2 client: a few microseconds of CPU per message instead of the
-    client library's tens, so on a shared machine the load generator takes little from the servers."""
+    """Subscribers over a minimal HTTP/2 client (shared/h2client.py): a few microseconds of CPU per
+    message instead of the client library's tens, so on a shared machine the load generator takes
+    little from the servers."""
 
     def __init__(self, job: WatchJob):
         super().__init__(job)
-        self.connections: list[list[_H2Connection]] = []
+        self.connections: list[list[h2client.H2Connection]] = []
 
     async def open(self) -> None:
         job = self.job
-        loop = asyncio.get_running_loop()
         metadata = auth.sign(job.key, IDENTITY, WATCH_METHOD, ttl_seconds=job.signature_ttl_seconds)
         body = spb.WatchStreamRequest(stream_id=job.stream_id).SerializeToString()
+        blocks = []
         for target in job.targets:
-            host, _, port = target.rpartition(":")
-            headers = [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", WATCH_METHOD),
-                (":authority", target),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                *metadata,
+            blocks.append(h2client.header_block(WATCH_METHOD, target, metadata))
+            per_target = [
+                await h2client.connect(target, self.note, self.end, STARTUP_SECONDS)
+                for _ in range(job.channels_per_target)
             ]
-            block = b"".join(_hpack_literal(name, value) for name, value in headers)
-            per_target = []
-            for _ in range(job.channels_per_target):
-                _, protocol = await asyncio.wait_for(
-                    loop.create_connection(lambda b=block: _H2Connection(self, b), host, int(port)), STARTUP_SECONDS
-                )
-                per_target.append(protocol)
             self.connections.append(per_target)
         started = time.monotonic()
         for local in range(job.count):
             target, connection = self.target_of(local)
-            self.connections[target][connection].call(local, body)
+            self.connections[target][connection].call(local, blocks[target], body)
             await job.pace(local, started)
 
     async def close(self) -> None:
         for per_target in self.connections:
             for connection in per_target:
-                connection.closing = True
-                connection.transport.close()
+                connection.close()
         await asyncio.sleep(0)
 
 
