@@ -25,7 +25,7 @@ _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _DATA, _HEADERS, _RST_STREAM, _SETTINGS, _PING, _GOAWAY, _WINDOW_UPDATE = 0, 1, 3, 4, 6, 7, 8
 _END_STREAM = _ACK = 0x1
 _END_HEADERS, _PADDED = 0x4, 0x8
-_SETTINGS_MAX_CONCURRENT_STREAMS, _SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_ENABLE_PUSH = 3, 4, 2
+_SETTINGS_INITIAL_WINDOW_SIZE, _SETTINGS_ENABLE_PUSH = 4, 2
 _MAX_WINDOW = 2**31 - 1
 _DEFAULT_WINDOW = 65_535
 
@@ -86,7 +86,6 @@ class H2Connection(asyncio.Protocol):
         self.next_id = 1
         self.send_window = _DEFAULT_WINDOW
         self.pending: collections.deque[tuple[int, bytes]] = collections.deque()
-        self.max_streams: int | None = None
         self.closing = False  # set before closing on purpose: calls then end without a report
 
     def connection_made(self, transport) -> None:
@@ -168,9 +167,6 @@ class H2Connection(asyncio.Protocol):
             elif kind == _RST_STREAM:
                 self._end(stream, f"RST_STREAM {int.from_bytes(payload[:4], 'big')}", "the server reset the stream")
             elif kind == _SETTINGS and not flags & _ACK:
-                for at_setting in range(0, len(payload) - 5, 6):
-                    if int.from_bytes(payload[at_setting : at_setting + 2], "big") == _SETTINGS_MAX_CONCURRENT_STREAMS:
-                        self.max_streams = int.from_bytes(payload[at_setting + 2 : at_setting + 6], "big")
                 replies.append(_frame(_SETTINGS, _ACK, 0))
             elif kind == _PING and not flags & _ACK:
                 replies.append(_frame(_PING, _ACK, 0, payload))

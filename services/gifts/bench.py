@@ -97,16 +97,15 @@ async def _drive_raw(phase: TipPhase) -> Load:
     try:
         await caller.open(phase.target, phase.channels, STARTUP_SECONDS)
         signature = tipbench.Signature(phase.key, SEND_TIP_METHOD, phase.signature_ttl_seconds)
-        encoded: list = [None, b""]  # (metadata, its header block): re-encoded when re-signed
+        signed, block = None, b""  # the metadata last encoded, and its header block
 
         def headers() -> bytes:
+            nonlocal signed, block
             metadata = signature.current()
-            if metadata is not encoded[0]:
-                encoded[:] = [
-                    metadata,
-                    h2client.header_block(SEND_TIP_METHOD, phase.target, metadata, int(DEADLINE_SECONDS)),
-                ]
-            return encoded[1]
+            if metadata is not signed:  # re-signed: encode the new block once
+                signed = metadata
+                block = h2client.header_block(SEND_TIP_METHOD, phase.target, metadata, int(DEADLINE_SECONDS))
+            return block
 
         window = (phase.start_at + phase.warmup_seconds, phase.start_at + phase.warmup_seconds + phase.seconds)
 
