@@ -8,38 +8,30 @@ publishes committed rows to the Redis Stream named after the event's channel (`c
 Per-schema tables (each service owns its own; `outbox_migration_sql(schema)` is the DDL it pastes
 into a migration, `python -m shared.outbox <schema>` prints it):
 
-- `<schema>.outbox_channels(channel, last_seq)`: a gapless sequence per channel. `append()` takes
-  the next numbers with one set-based upsert that locks the channel rows in sorted order (no
-  deadlock between appenders, one statement whatever the number of events or channels). The row
-  stays locked until the caller commits, so per channel seq order == commit order and a rolled back
-  transaction leaves no gap. Append late in the transaction: a hot channel's row serializes its
-  writers, which is why hot writers should batch (group commit) as Wallet does. A channel is written
-  by exactly one schema: two outboxes feeding one Redis key would collide on entry ids.
-- `<schema>.outbox`: the events. The payload is `bytea`, the serialized protobuf message: it is
-  published and replayed byte for byte (serialized once, by its owner), keeps protobuf's schema
-  evolution, and nothing reads it in SQL, so jsonb's cost and lossy int64 handling buy nothing.
+- `<schema>.outbox_channels(channel, last_seq, published_seq)`: a gapless sequence per channel and
+  how far the relays have published it. `append()` takes the next numbers with one set-based upsert
+  that locks the channel rows in sorted order (no deadlock between appenders, one statement whatever
+  the number of events or channels). The row stays locked until the caller commits, so per channel
+  seq order == commit order and a rolled back transaction leaves no gap. Append late in the
+  transaction: a hot channel's row serializes its writers, which is why hot writers should batch
+  (group commit) as Wallet does. A channel is written by exactly one schema: two outboxes feeding one
+  Redis key would collide on entry ids.
+- `<schema>.outbox`: the events, keyed by (channel, seq), written once and never updated. The
+  payload is `bytea`, the serialized protobuf message: it is published and replayed byte for byte
+  (serialized once, by its owner), keeps protobuf's schema evolution, and nothing reads it in SQL,
+  so jsonb's cost and lossy int64 handling buy nothing.
 
-Explicit entry ids. The relay writes entry `<seq>-1` with `XADD <channel> MAXLEN ~ N <seq>-1 ...`.
-Redis refuses an id that is not above the stream's top, which the relay reads as "already there":
-a relay that died after publishing and before marking, or that read a stale snapshot, republishes
-nothing twice. Because ids come from the database, resume tokens (`shared.watch`) name a seq that
-survives Redis, and `rebuild_stream()` restores a lost stream with the very same ids.
-
-Relays in several processes. Stream ids must grow, so a channel's rows must reach Redis in seq
-order. Plain row-level `FOR UPDATE SKIP LOCKED` is not enough for that: a relay skipping seq 9
-(locked by another relay) could publish seq 10 first, after which Redis refuses 9 forever (a hole).
-So relays skip-lock whole channels instead: each round claims channels with
-`pg_try_advisory_xact_lock` (a channel busy in another relay is skipped, never waited for), then
-reads those channels' unpublished rows in a second statement (its snapshot postdates the claim, so
-it sees the previous holder's marks), publishes them, marks them in one UPDATE, and commits, which
-releases the claim. The batch takes the lowest seqs across claimed channels, so each channel's share
-is a prefix of its backlog. The XADDs of one batch go in one pipeline, sorted by channel then seq:
-Redis executes a pipeline in order, so a broken connection leaves a prefix published (redone as
-"already there"); a refusal other than "already there" stops marking that channel.
+What is published is a watermark per channel, not a mark per row. A channel's rows reach Redis in
+seq order (below), so "published" is always a prefix of the channel: rows with seq ≤ published_seq.
+A relay advances the watermark with one row update per channel per round; an event costs one insert
+(its row and its primary key entry) and nothing after. (It used to be marked row by row: an update
+of every row, which also moved it out of two partial indexes, ten index and heap writes per event.)
+The channels with something to publish are found through a partial index on outbox_channels
+(`published_seq < last_seq`), which holds only those.
 
 Retention. Rows are kept after publishing: they serve resume tokens older than what the capped Redis
 stream still holds and rebuild lost streams. `prune()` deletes published rows older than a cutoff in
-bounded chunks; a resume token pointing before the pruned range then gets RESUME_TOKEN_TOO_OLD.
+bounded chunks (a BRIN index on created_at finds them at almost no cost per insert); a resume token pointing before the pruned range then gets RESUME_TOKEN_TOO_OLD.
 `outbox_channels` rows are never deleted: a channel's numbering must never restart.
 """
 
@@ -148,31 +140,52 @@ def outbox_migration_sql(schema: str) -> str:
     return f"""
 CREATE SCHEMA IF NOT EXISTS {s};
 
--- The per-channel sequence. Never delete a row: numbering must not restart after a prune.
+-- The per-channel sequence and the relays' watermark. Never delete a row: numbering must not
+-- restart after a prune.
 CREATE TABLE IF NOT EXISTS {s}.outbox_channels (
     channel text PRIMARY KEY,
-    last_seq bigint NOT NULL CHECK (last_seq > 0)
+    last_seq bigint NOT NULL CHECK (last_seq > 0),
+    published_seq bigint NOT NULL DEFAULT 0,
+    CONSTRAINT outbox_channels_published_seq_check CHECK (published_seq >= 0 AND published_seq <= last_seq)
 );
+-- The channels a relay has work in, and only those.
+CREATE INDEX IF NOT EXISTS outbox_channels_unpublished ON {s}.outbox_channels (channel)
+    WHERE published_seq < last_seq;
 
--- payload: the serialized protobuf event, published and replayed byte for byte.
+-- payload: the serialized protobuf event, published and replayed byte for byte. Written once.
 CREATE TABLE IF NOT EXISTS {s}.outbox (
-    id bigserial PRIMARY KEY,
     channel text NOT NULL,
     seq bigint NOT NULL CHECK (seq > 0),
     event_type text NOT NULL,
     payload bytea NOT NULL,
     created_at timestamptz NOT NULL DEFAULT {NOW_SQL},
-    published_at timestamptz,
-    UNIQUE (channel, seq)
+    PRIMARY KEY (channel, seq)
 );
+-- prune(): rows older than a cutoff; rows are appended in time order, so BRIN suffices.
+CREATE INDEX IF NOT EXISTS outbox_created_at ON {s}.outbox USING brin (created_at);
+"""
 
--- The relay's two reads: the oldest unpublished rows, and a claimed channel's backlog in seq order.
--- Both stay small: rows leave them once published.
-CREATE INDEX IF NOT EXISTS outbox_unpublished_by_id ON {s}.outbox (id) WHERE published_at IS NULL;
-CREATE INDEX IF NOT EXISTS outbox_unpublished_by_channel ON {s}.outbox (channel, seq)
-    WHERE published_at IS NULL;
--- prune(): oldest rows first, in bounded chunks.
-CREATE INDEX IF NOT EXISTS outbox_created_at ON {s}.outbox (created_at);
+
+def outbox_watermark_upgrade_sql(schema: str) -> str:
+    """From the first layout (a `published_at` mark per row) to per-channel watermarks: what a
+    schema created by an older outbox_migration_sql pastes into a migration. Rows already published
+    stay published; a channel's watermark stops before its first unpublished row."""
+    s = f'"{check_schema(schema)}"'
+    return f"""
+ALTER TABLE {s}.outbox_channels ADD COLUMN published_seq bigint NOT NULL DEFAULT 0;
+UPDATE {s}.outbox_channels c SET published_seq = COALESCE(
+    (SELECT min(o.seq) - 1 FROM {s}.outbox o WHERE o.channel = c.channel AND o.published_at IS NULL),
+    c.last_seq);
+ALTER TABLE {s}.outbox_channels ADD CONSTRAINT outbox_channels_published_seq_check
+    CHECK (published_seq >= 0 AND published_seq <= last_seq);
+CREATE INDEX outbox_channels_unpublished ON {s}.outbox_channels (channel) WHERE published_seq < last_seq;
+
+DROP INDEX {s}.outbox_unpublished_by_id;
+DROP INDEX {s}.outbox_unpublished_by_channel;
+DROP INDEX {s}.outbox_created_at;
+ALTER TABLE {s}.outbox DROP COLUMN published_at, DROP COLUMN id,
+    DROP CONSTRAINT outbox_channel_seq_key, ADD PRIMARY KEY (channel, seq);
+CREATE INDEX outbox_created_at ON {s}.outbox USING brin (created_at);
 """
 
 
@@ -213,34 +226,52 @@ def _sql(schema: str) -> _Sql:
             SELECT channel, seq FROM numbered ORDER BY ord
             """
         ),
-        # The CTE is ordered by age and materialized, so the LIMIT stops trying locks once enough
-        # channels are claimed; a channel another relay holds is skipped, not waited for.
+        # Channels with a backlog, round-robin from the one after :after; the CTE is materialized,
+        # so the LIMIT stops trying locks once enough channels are claimed; a channel another relay
+        # holds is skipped, not waited for.
         claim=text(
             f"""
             WITH candidates AS MATERIALIZED (
-                SELECT channel FROM (
-                    SELECT channel, id FROM {s}.outbox WHERE published_at IS NULL
-                    ORDER BY id LIMIT :scan
-                ) oldest
-                GROUP BY channel ORDER BY min(id)
+                (SELECT channel FROM {s}.outbox_channels WHERE published_seq < last_seq AND channel > :after
+                 ORDER BY channel LIMIT :scan)
+                UNION ALL
+                (SELECT channel FROM {s}.outbox_channels WHERE published_seq < last_seq AND channel <= :after
+                 ORDER BY channel LIMIT :scan)
             )
             SELECT channel FROM candidates
             WHERE pg_try_advisory_xact_lock(CAST(:lock_class AS integer), hashtext(:schema || '|' || channel))
             LIMIT :claim
             """
         ),
-        # Ordered by seq across channels: each channel's share of the batch is a prefix of its
-        # backlog, whatever the limit cuts off.
+        # The rows above each claimed channel's watermark, read after the claim; ordered by seq
+        # across channels, so each channel's share of the batch is a prefix of its backlog whatever
+        # the limit cuts off.
         fetch=text(
             f"""
-            SELECT id, channel, seq, event_type, payload FROM {s}.outbox
-            WHERE published_at IS NULL AND channel = ANY(CAST(:channels AS text[]))
-            ORDER BY seq, channel LIMIT :limit
+            SELECT o.channel, o.seq, o.event_type, o.payload
+            FROM {s}.outbox_channels c
+            CROSS JOIN LATERAL (
+                SELECT channel, seq, event_type, payload FROM {s}.outbox
+                WHERE channel = c.channel AND seq > c.published_seq
+                ORDER BY seq LIMIT :limit
+            ) o
+            WHERE c.channel = ANY(CAST(:channels AS text[]))
+            ORDER BY o.seq, o.channel LIMIT :limit
             """
         ),
+        # Watermarks only move forward; channel rows are locked in sorted order, as append() locks them.
         mark=text(
-            f"UPDATE {s}.outbox SET published_at = {NOW_SQL} "
-            "WHERE id = ANY(CAST(:ids AS bigint[])) AND published_at IS NULL"
+            f"""
+            WITH marks AS (
+                SELECT * FROM unnest(CAST(:channels AS text[]), CAST(:seqs AS bigint[])) AS m(channel, seq)
+            ), locked AS (
+                SELECT c.channel FROM {s}.outbox_channels c JOIN marks m USING (channel)
+                ORDER BY c.channel FOR UPDATE OF c
+            )
+            UPDATE {s}.outbox_channels c SET published_seq = m.seq
+            FROM marks m JOIN locked l USING (channel)
+            WHERE c.channel = m.channel AND c.published_seq < m.seq
+            """
         ),
         channel_page=text(
             f"""
@@ -257,11 +288,11 @@ def _sql(schema: str) -> _Sql:
         prune=text(
             f"""
             WITH doomed AS (
-                SELECT id FROM {s}.outbox
-                WHERE created_at < :cutoff AND published_at IS NOT NULL
-                ORDER BY created_at LIMIT :chunk
+                SELECT o.channel, o.seq FROM {s}.outbox o JOIN {s}.outbox_channels c USING (channel)
+                WHERE o.created_at < :cutoff AND o.seq <= c.published_seq
+                LIMIT :chunk
             )
-            DELETE FROM {s}.outbox o USING doomed d WHERE o.id = d.id
+            DELETE FROM {s}.outbox o USING doomed d WHERE o.channel = d.channel AND o.seq = d.seq
             """
         ),
     )
@@ -315,7 +346,6 @@ def replay_loader(engine: AsyncEngine, schema: str) -> ReplayLoader:
 
 @dataclass(frozen=True, slots=True)
 class _Row:
-    id: int
     channel: str
     seq: int
     event_type: str
@@ -339,7 +369,7 @@ class Relay:
         *,
         batch_size: int = 500,
         max_channels: int = 100,
-        scan_rows: int = 2_000,
+        scan_channels: int = 1_000,
         poll_interval: float = 0.05,
         maxlen: int = DEFAULT_MAXLEN,
         publish_timeout: float = 5.0,
@@ -351,20 +381,22 @@ class Relay:
         self.schema = check_schema(schema)
         self.batch_size = batch_size
         self.max_channels = max_channels
-        # Channels to claim are looked for among the oldest scan_rows unpublished rows: wider than a
-        # batch, so channels held by another relay do not hide the rest of the backlog from this one.
-        self.scan_rows = max(scan_rows, batch_size)
+        # Channels to claim are looked for among scan_channels channels with a backlog: more than it
+        # claims, so channels held by another relay do not hide the rest of the backlog from this one.
+        self.scan_channels = max(scan_channels, max_channels)
         self.poll_interval = poll_interval
         self.maxlen = maxlen
         self.publish_timeout = publish_timeout
         self.max_backoff = max_backoff
         # Counters for tests and metrics: failed rounds, entries Redis accepted from this relay,
         # entries Redis already held (a predecessor published them but did not mark), rows marked.
+        # _after: the last channel this relay claimed (the round-robin's position).
         self.errors = 0
         self.added = 0
         self.duplicates = 0
         self.published = 0
         self._sql = _sql(self.schema)
+        self._after = ""
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -412,14 +444,16 @@ class Relay:
             await _wait(self._wake, self.poll_interval)
 
     async def run_once(self) -> int:
-        """One round: claim channels, publish up to batch_size rows, mark them. Answers rows handled."""
+        """One round: claim channels, publish up to batch_size rows, advance the channels'
+        watermarks. Answers rows handled."""
         failed: dict[str, Exception] = {}
         async with self.engine.begin() as conn:
             claimed = (
                 await conn.execute(
                     self._sql.claim,
                     {
-                        "scan": self.scan_rows,
+                        "after": self._after,
+                        "scan": self.scan_channels,
                         "claim": self.max_channels,
                         "lock_class": _RELAY_LOCK_CLASS,
                         "schema": self.schema,
@@ -428,20 +462,26 @@ class Relay:
             ).scalars()
             channels = list(claimed)
             if not channels:
+                self._after = ""
                 return 0
+            # Past the last channel claimed: the next round starts after it (round-robin). Candidates
+            # come in channel order, wrapping around once, so the last one claimed is where to go on.
+            self._after = channels[-1]
             result = await conn.execute(self._sql.fetch, {"channels": channels, "limit": self.batch_size})
-            rows = [_Row(r.id, r.channel, r.seq, r.event_type, bytes(r.payload)) for r in result]
+            rows = [_Row(r.channel, r.seq, r.event_type, bytes(r.payload)) for r in result]
             if not rows:
                 return 0
             done = await asyncio.wait_for(self._publish(rows, failed), self.publish_timeout)
-            marked = await self._mark(conn, done) if done else 0
-        self.published += marked
+            if done:
+                await self._mark(conn, done)
+        self.published += len(done)
         if failed:
             raise RelayError(f"could not publish to {sorted(failed)}: {list(failed.values())[0]}")
         return len(rows)
 
-    async def _publish(self, rows: list[_Row], failed: dict[str, Exception]) -> list[int]:
-        """XADDs rows in one pipeline; answers the ids now in Redis (added, or found already there)."""
+    async def _publish(self, rows: list[_Row], failed: dict[str, Exception]) -> list[_Row]:
+        """XADDs rows in one pipeline; answers the rows now in Redis (added, or found already there):
+        per channel a prefix of its rows, in seq order."""
         rows = sorted(rows, key=lambda r: (r.channel, r.seq))
         pipe = self.redis.pipeline(transaction=False)
         for row in rows:
@@ -453,13 +493,14 @@ class Relay:
                 approximate=True,
             )
         results = await pipe.execute(raise_on_error=False)
-        done: list[int] = []
+        done: list[_Row] = []
         for row, result in zip(rows, results, strict=True):
             if row.channel in failed:
                 continue
             if isinstance(result, Exception) and not _already_published(result):
-                # Later rows of this channel are not marked; if one of them did land (Redis refused
-                # this one but took a later one), the stream has a hole that rebuild_stream repairs.
+                # The channel's watermark stays below this row; if a later row did land (Redis
+                # refused this one but took a later one), the stream has a hole that rebuild_stream
+                # repairs.
                 failed[row.channel] = result
                 log.error(
                     "outbox publish refused",
@@ -470,11 +511,17 @@ class Relay:
                 self.duplicates += 1
             else:
                 self.added += 1
-            done.append(row.id)
+            done.append(row)
         return done
 
-    async def _mark(self, conn: AsyncConnection, ids: list[int]) -> int:
-        return (await conn.execute(self._sql.mark, {"ids": ids})).rowcount
+    async def _mark(self, conn: AsyncConnection, done: list[_Row]) -> None:
+        """Advances each channel's watermark to the highest seq published (rows come per channel as
+        a prefix in seq order, so the highest is the last)."""
+        top: dict[str, int] = {}
+        for row in done:
+            top[row.channel] = row.seq
+        channels = sorted(top)
+        await conn.execute(self._sql.mark, {"channels": channels, "seqs": [top[c] for c in channels]})
 
 
 def _already_published(error: Exception) -> bool:
@@ -548,8 +595,8 @@ async def rebuild_stream(
 
 
 async def prune(engine: AsyncEngine, schema: str, older_than: dt.datetime, *, chunk: int = 1000) -> int:
-    """Deletes published rows created before `older_than`, oldest first, one short transaction per
-    chunk; answers the number deleted. Unpublished rows are never deleted."""
+    """Deletes published rows created before `older_than`, one short transaction per chunk; answers
+    the number deleted. Unpublished rows are never deleted."""
     assert older_than.tzinfo is not None, "cutoff must be timezone-aware"
     statement = _sql(schema).prune
     total = 0
@@ -562,4 +609,6 @@ async def prune(engine: AsyncEngine, schema: str, older_than: dt.datetime, *, ch
 
 
 if __name__ == "__main__":
-    print(outbox_migration_sql(sys.argv[1]))
+    # python -m shared.outbox <schema> [--upgrade]: the DDL to paste into a migration.
+    upgrade = "--upgrade" in sys.argv[2:]
+    print((outbox_watermark_upgrade_sql if upgrade else outbox_migration_sql)(sys.argv[1]))

@@ -27,6 +27,7 @@ from shared.outbox import (
     append,
     entry_id,
     outbox_migration_sql,
+    outbox_watermark_upgrade_sql,
     prune,
     rebuild_stream,
     replay_loader,
@@ -90,9 +91,18 @@ async def stream(redis, ch: str) -> list[tuple[int, bytes, bytes]]:
 async def outbox_rows(engine, ch: str):
     async with engine.connect() as conn:
         result = await conn.execute(
-            text(f"SELECT seq, payload, published_at FROM {SCHEMA}.outbox WHERE channel = :c ORDER BY seq"), {"c": ch}
+            text(f"SELECT seq, payload FROM {SCHEMA}.outbox WHERE channel = :c ORDER BY seq"), {"c": ch}
         )
         return result.all()
+
+
+async def watermark(engine, ch: str) -> int:
+    """The channel's published_seq: its rows up to there are in Redis."""
+    async with engine.connect() as conn:
+        result = await conn.execute(
+            text(f"SELECT published_seq FROM {SCHEMA}.outbox_channels WHERE channel = :c"), {"c": ch}
+        )
+        return result.scalar_one()
 
 
 async def eventually(predicate, what: str, within: float = WAIT) -> None:
@@ -130,7 +140,7 @@ async def test_rollback_publishes_nothing_and_commit_publishes_in_order(engine, 
     entries = await redis.xrange(ch)
     assert [i for i, _ in entries] == [b"1-1", b"2-1", b"3-1"]
     assert await stream(redis, ch) == [(s, b"TipSent", payload(ch, s)) for s in (1, 2, 3)]
-    assert all(row.published_at is not None for row in await outbox_rows(engine, ch))
+    assert await watermark(engine, ch) == 3
 
 
 async def test_seqs_gapless_and_ordered_under_concurrency(engine, redis, relay):
@@ -180,12 +190,12 @@ async def test_relay_killed_after_publish_before_mark_duplicates_nothing(engine,
     with pytest.raises(RuntimeError, match="killed"):
         await killed.run_once()
     assert len(await stream(redis, ch)) == 5
-    assert all(row.published_at is None for row in await outbox_rows(engine, ch))
+    assert await watermark(engine, ch) == 0
 
     await publish_all(relay)
     assert await stream(redis, ch) == [(s, b"TipSent", payload(ch, s)) for s in range(1, 6)]
     assert (relay.duplicates, relay.added) == (5, 0)
-    assert all(row.published_at is not None for row in await outbox_rows(engine, ch))
+    assert await watermark(engine, ch) == 5
 
 
 async def test_two_relays_claim_whole_channels(engine, redis, database_url):
@@ -345,6 +355,83 @@ async def test_prune_keeps_unpublished_rows_and_numbering(engine, redis, relay):
     assert [row.seq for row in await outbox_rows(engine, ch)] == [11, 12]
     assert await emit(engine, ch, 13, 1) == [(ch, 13)]
     await publish_all(relay)
+
+
+async def test_a_relay_walks_channels_round_robin(engine, redis):
+    """One channel per round: every channel with a backlog gets its turn, however long the others'."""
+    chs = sorted(channel("stream") for _ in range(3))
+    for ch in chs:
+        await emit(engine, ch, 1, 6)
+    relay = Relay(engine, redis, SCHEMA, batch_size=2, max_channels=1)
+    turns = []
+    for _ in range(100):
+        if not await relay.run_once():
+            break
+        turns.append(relay._after)
+    mine = [t for t in turns if t in chs]
+    # Other tests' leftovers may take turns too; ours come in order, each thrice, two rows a turn.
+    assert mine == chs * 3
+    for ch in chs:
+        assert [s for s, _, _ in await stream(redis, ch)] == list(range(1, 7))
+        assert await watermark(engine, ch) == 6
+
+
+# The first layout (before watermarks): a published_at mark per row, as the services' first
+# migrations pasted it.
+_PER_ROW_MARKS_DDL = """
+CREATE SCHEMA {s};
+CREATE TABLE {s}.outbox_channels (channel text PRIMARY KEY, last_seq bigint NOT NULL CHECK (last_seq > 0));
+CREATE TABLE {s}.outbox (
+    id bigserial PRIMARY KEY,
+    channel text NOT NULL,
+    seq bigint NOT NULL CHECK (seq > 0),
+    event_type text NOT NULL,
+    payload bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz,
+    UNIQUE (channel, seq)
+);
+CREATE INDEX outbox_unpublished_by_id ON {s}.outbox (id) WHERE published_at IS NULL;
+CREATE INDEX outbox_unpublished_by_channel ON {s}.outbox (channel, seq) WHERE published_at IS NULL;
+CREATE INDEX outbox_created_at ON {s}.outbox (created_at);
+"""
+
+
+async def test_upgrade_from_per_row_marks_keeps_what_was_published(engine, redis):
+    schema = f"upgrade_{uuid.uuid4().hex[:8]}"
+    done, half, fresh = channel(), channel(), channel()
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql(_PER_ROW_MARKS_DDL.format(s=schema))
+        for ch, n, published in ((done, 3, 3), (half, 4, 2), (fresh, 2, 0)):
+            await conn.execute(text(f"INSERT INTO {schema}.outbox_channels VALUES (:c, :n)"), {"c": ch, "n": n})
+            for seq in range(1, n + 1):
+                await conn.execute(
+                    text(
+                        f"INSERT INTO {schema}.outbox (channel, seq, event_type, payload, published_at) "
+                        "VALUES (:c, :s, 'TipSent', :p, CASE WHEN :s <= :published THEN now() END)"
+                    ),
+                    {"c": ch, "s": seq, "p": payload(ch, seq), "published": published},
+                )
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(outbox_watermark_upgrade_sql(schema))
+            marks = dict(
+                (await conn.execute(text(f"SELECT channel, published_seq FROM {schema}.outbox_channels"))).all()
+            )
+        assert marks == {done: 3, half: 2, fresh: 0}
+        relay = Relay(engine, redis, schema)
+        while await relay.run_once():
+            pass
+        assert (relay.added, relay.published) == (4, 4)
+        assert await redis.exists(done) == 0
+        assert [s for s, _, _ in await stream(redis, half)] == [3, 4]
+        assert await stream(redis, fresh) == [(s, b"TipSent", payload(fresh, s)) for s in (1, 2)]
+        # And the upgraded schema takes new events like a new one.
+        async with engine.begin() as conn:
+            assert await append(conn, schema, [Event(done, "TipSent", b"4")]) == [(done, 4)]
+    finally:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
 
 
 # --- watch ---------------------------------------------------------------------------------------
