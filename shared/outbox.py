@@ -53,6 +53,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.clock import NOW_SQL
+from shared.db import RawConn
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ CREATE INDEX outbox_created_at ON {s}.outbox USING brin (created_at);
 @dataclass(frozen=True)
 class _Sql:
     append: object
+    append_raw: str  # the same statement as text, for a raw_transaction
     claim: object
     fetch: object
     mark: object
@@ -202,9 +204,7 @@ class _Sql:
 @lru_cache(maxsize=64)
 def _sql(schema: str) -> _Sql:
     s = f'"{check_schema(schema)}"'
-    return _Sql(
-        append=text(
-            f"""
+    append = f"""
             WITH input AS (
                 SELECT * FROM unnest(CAST(:channels AS text[]), CAST(:types AS text[]),
                                      CAST(:payloads AS bytea[]))
@@ -225,7 +225,9 @@ def _sql(schema: str) -> _Sql:
             )
             SELECT channel, seq FROM numbered ORDER BY ord
             """
-        ),
+    return _Sql(
+        append=text(append),
+        append_raw=append,
         # Channels with a backlog, round-robin from the one after :after; the CTE is materialized,
         # so the LIMIT stops trying locks once enough channels are claimed; a channel another relay
         # holds is skipped, not waited for.
@@ -298,8 +300,9 @@ def _sql(schema: str) -> _Sql:
     )
 
 
-async def append(conn: AsyncConnection, schema: str, events: Sequence[Event]) -> list[tuple[str, int]]:
-    """Writes `events` in the caller's open transaction; answers (channel, seq) per event, in order.
+async def append(conn: AsyncConnection | RawConn, schema: str, events: Sequence[Event]) -> list[tuple[str, int]]:
+    """Writes `events` in the caller's open transaction (SQLAlchemy's, or a `raw_transaction`);
+    answers (channel, seq) per event, in order.
 
     One statement whatever the count. Call it once per transaction (or always in the same channel
     order): a second call locks more channel rows after the first call's, which two transactions
@@ -309,16 +312,15 @@ async def append(conn: AsyncConnection, schema: str, events: Sequence[Event]) ->
         return []
     if len(events) > MAX_EVENTS_PER_APPEND:
         raise ValueError(f"at most {MAX_EVENTS_PER_APPEND} events per append")
-    rows = (
-        await conn.execute(
-            _sql(schema).append,
-            {
-                "channels": [e.channel for e in events],
-                "types": [e.event_type for e in events],
-                "payloads": [e.payload for e in events],
-            },
-        )
-    ).all()
+    params = {
+        "channels": [e.channel for e in events],
+        "types": [e.event_type for e in events],
+        "payloads": [e.payload for e in events],
+    }
+    if isinstance(conn, RawConn):
+        rows = await conn.fetch(_sql(schema).append_raw, params)
+    else:
+        rows = (await conn.execute(_sql(schema).append, params)).all()
     return [(row.channel, row.seq) for row in rows]
 
 

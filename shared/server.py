@@ -38,6 +38,9 @@ from shared.errors import DomainError
 
 log = logging.getLogger(__name__)
 
+# At shutdown, the servers stop once no unary call has run for this long (see Runtime.stop).
+QUIET_SECONDS = 0.2
+
 # Bounds on what one connection may send; requests larger than this are refused by gRPC itself.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
@@ -57,6 +60,9 @@ class Instrument:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        # For the drain at shutdown (Runtime.stop): unary calls running, and when the last began.
+        self.unary_in_flight = 0
+        self.last_started = 0.0
 
     def wrap(self, servicer: object, full_name: str) -> object:
         """A stand-in for `servicer` whose every RPC method goes through the runtime's checks."""
@@ -96,7 +102,8 @@ class Instrument:
 
     def _wrap_unary(self, method: str, behavior: Callable[..., Awaitable]):
         async def wrapper(request, context):
-            started = time.perf_counter()
+            started = self.last_started = time.perf_counter()
+            self.unary_in_flight += 1
             try:
                 self._begin(method, context)
                 response = await behavior(request, context)
@@ -109,6 +116,8 @@ class Instrument:
                 log.exception("unhandled error", extra={"method": method})
                 self._finish(method, started, grpc.StatusCode.INTERNAL, "INTERNAL")
                 await context.abort_with_status(_internal_status("internal error"))
+            finally:
+                self.unary_in_flight -= 1
             self._finish(method, started, grpc.StatusCode.OK)
             return response
 
@@ -152,16 +161,31 @@ class Runtime:
     port: int
     names: list[str]
     grace_seconds: int
+    instrument: Instrument
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _stopped: bool = False
 
     async def stop(self) -> None:
-        """NOT_SERVING first so load balancers and probes move away, then drain, then stop."""
+        """NOT_SERVING first so load balancers and probes move away, then drain, then stop.
+
+        The drain keeps serving until no unary call has run for QUIET_SECONDS (at most half the
+        grace), and only then stops the servers, which give what still runs the rest of the grace.
+        A grpc.aio server picks up arriving calls one per event-loop turn; calls that had arrived
+        but were not picked up yet when it stopped were cancelled (CANCELLED: the client cannot tell
+        whether anything happened), so stopping at once cancelled part of a burst in flight."""
         if self._stopped:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
-        await asyncio.gather(*(server.stop(self.grace_seconds) for server in self.servers))
+        began = time.perf_counter()
+        drain_until = began + self.grace_seconds / 2
+        while time.perf_counter() < drain_until:
+            now = time.perf_counter()
+            if self.instrument.unary_in_flight == 0 and now - self.instrument.last_started >= QUIET_SECONDS:
+                break
+            await asyncio.sleep(QUIET_SECONDS / 10)
+        remaining = max(0.0, self.grace_seconds - (time.perf_counter() - began))
+        await asyncio.gather(*(server.stop(remaining) for server in self.servers))
         for hook in self.on_stop:
             await hook()
 
@@ -232,7 +256,7 @@ async def start_server(
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     for name in names:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Runtime(servers, health, bound, names, settings.shutdown_grace_seconds)
+    return Runtime(servers, health, bound, names, settings.shutdown_grace_seconds, instrument)
 
 
 async def run_until_signalled(runtimes: list[Runtime]) -> None:

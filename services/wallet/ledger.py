@@ -27,12 +27,9 @@ makes safe.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import functools
 import json
 import logging
-import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,13 +39,13 @@ import psycopg
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 from psycopg import errors as pg_errors
-from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.wallet import model
 from services.wallet.model import Adjustment, HoldSpec, Item, Op, Ref, Resolution, Reversal
 from shared.clock import NOW_SQL
 from shared.convert import timestamp
+from shared.db import RawConn, raw_transaction
 from shared.errors import DomainError, already_exists, not_found, precondition
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 
@@ -325,23 +322,10 @@ class Ledger:
                     if not waiter.future.done():
                         waiter.future.set_exception(DomainError(code, reason, "the ledger could not apply this batch"))
 
-    @contextlib.asynccontextmanager
-    async def _connection(self):
-        """One pooled connection, driven through psycopg directly: the ledger's few fixed statements
-        skip SQLAlchemy's execution layer, which cost about 8% of the Wallet's CPU per tip. BEGIN is
-        implicit at the first statement; COMMIT at the end; ROLLBACK on any failure, and a
-        connection that cannot even roll back is dropped from the pool."""
-        async with self.engine.connect() as pooled:
-            raw = (await pooled.get_raw_connection()).driver_connection
-            try:
-                yield _Conn(raw)
-                await raw.commit()
-            except BaseException:
-                try:
-                    await raw.rollback()
-                except psycopg.Error:
-                    await pooled.invalidate()
-                raise
+    def _connection(self):
+        """The ledger's transaction on one pooled connection, through psycopg directly (see
+        shared/db.py `raw_transaction`)."""
+        return raw_transaction(self.engine)
 
     # ---- accounts ----------------------------------------------------------------------------
 
@@ -353,12 +337,10 @@ class Ledger:
         ordered = sorted(refs)
         async with self._connection() as conn:
             await conn.execute(
-                _sql(
-                    "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, created_at)"
-                    f" SELECT o, a, c, n, {NOW_SQL} FROM unnest(CAST(:o AS text[]), CAST(:a AS text[]),"
-                    " CAST(:c AS text[]), CAST(:n AS boolean[])) AS u(o, a, c, n) ORDER BY o, a, c"
-                    " ON CONFLICT (owner_id, asset, code) DO NOTHING"
-                ),
+                "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, created_at)"
+                f" SELECT o, a, c, n, {NOW_SQL} FROM unnest(CAST(:o AS text[]), CAST(:a AS text[]),"
+                " CAST(:c AS text[]), CAST(:n AS boolean[])) AS u(o, a, c, n) ORDER BY o, a, c"
+                " ON CONFLICT (owner_id, asset, code) DO NOTHING",
                 {
                     "o": [r.owner_id for r in ordered],
                     "a": [r.asset for r in ordered],
@@ -452,19 +434,17 @@ class Ledger:
         self.statements_in_last_batch = statements
         return results
 
-    async def _insert_new_accounts(self, conn: _Conn, batch: _Batch) -> None:
+    async def _insert_new_accounts(self, conn: RawConn, batch: _Batch) -> None:
         """Writes the batch's new accounts that a successful op used, with their final balances,
         and renumbers them from their provisional ids. If another process created one of them
         meanwhile, its balance is unknown here: the batch is rolled back and retried."""
         new = sorted((batch.accounts[i] for i in batch.used_new), key=lambda a: a.ref)
         result = await conn.execute(
-            _sql(
-                "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, posted, pending, created_at)"
-                " SELECT o, a, c, n, p, q, CAST(:now AS timestamptz) FROM unnest(CAST(:o AS text[]),"
-                " CAST(:a AS text[]), CAST(:c AS text[]), CAST(:n AS boolean[]), CAST(:p AS bigint[]),"
-                " CAST(:q AS bigint[])) AS u(o, a, c, n, p, q) ORDER BY o, a, c"
-                " ON CONFLICT (owner_id, asset, code) DO NOTHING RETURNING id, owner_id, asset, code"
-            ),
+            "INSERT INTO wallet.accounts (owner_id, asset, code, must_not_go_negative, posted, pending, created_at)"
+            " SELECT o, a, c, n, p, q, CAST(:now AS timestamptz) FROM unnest(CAST(:o AS text[]),"
+            " CAST(:a AS text[]), CAST(:c AS text[]), CAST(:n AS boolean[]), CAST(:p AS bigint[]),"
+            " CAST(:q AS bigint[])) AS u(o, a, c, n, p, q) ORDER BY o, a, c"
+            " ON CONFLICT (owner_id, asset, code) DO NOTHING RETURNING id, owner_id, asset, code",
             {
                 "now": batch.now,
                 "o": [a.ref.owner_id for a in new],
@@ -480,20 +460,18 @@ class Ledger:
             raise _Race()
         batch.renumber({account.id: real[account.ref] for account in new})
 
-    async def _lookup(self, conn: _Conn, ops: list[Op]) -> tuple[dict[tuple, tuple], list[int], list[int]]:
+    async def _lookup(self, conn: RawConn, ops: list[Op]) -> tuple[dict[tuple, tuple], list[int], list[int]]:
         """The stored (request, ok, response) of the ops that already have an idempotency row, and
         ids reserved for the others' rows and postings, in one statement."""
         postings_bound = sum(_postings_bound(op) for op in ops)
         result = await conn.execute(
-            _sql(
-                "SELECT o.scope, o.kind, o.key, o.request, o.ok, o.response, NULL::bigint[] AS ids"
-                " FROM wallet.operations o JOIN jsonb_array_elements(CAST(:keys AS jsonb)) AS e"
-                " ON o.scope = e->>0 AND o.kind = e->>1 AND o.key = e->>2"
-                " UNION ALL SELECT 'op', NULL, NULL, NULL, NULL, NULL,"
-                " ARRAY(SELECT nextval('wallet.operations_id_seq') FROM generate_series(1, :n_ops))"
-                " UNION ALL SELECT 'transfer', NULL, NULL, NULL, NULL, NULL,"
-                " ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n_postings))"
-            ),
+            "SELECT o.scope, o.kind, o.key, o.request, o.ok, o.response, NULL::bigint[] AS ids"
+            " FROM wallet.operations o JOIN jsonb_array_elements(CAST(:keys AS jsonb)) AS e"
+            " ON o.scope = e->>0 AND o.kind = e->>1 AND o.key = e->>2"
+            " UNION ALL SELECT 'op', NULL, NULL, NULL, NULL, NULL,"
+            " ARRAY(SELECT nextval('wallet.operations_id_seq') FROM generate_series(1, :n_ops))"
+            " UNION ALL SELECT 'transfer', NULL, NULL, NULL, NULL, NULL,"
+            " ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n_postings))",
             {"keys": _json([op.identity for op in ops]), "n_ops": len(ops), "n_postings": postings_bound},
         )
         stored: dict[tuple, tuple] = {}
@@ -509,19 +487,17 @@ class Ledger:
                 stored[(row.scope, row.kind, row.key)] = (row.request, row.ok, bytes(row.response))
         return stored, op_ids, transfer_ids
 
-    async def _reserve_transfer_ids(self, conn: _Conn, count: int) -> list[int]:
+    async def _reserve_transfer_ids(self, conn: RawConn, count: int) -> list[int]:
         result = await conn.execute(
-            _sql("SELECT ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))"), {"n": count}
+            "SELECT ARRAY(SELECT nextval('wallet.transfer_ids') FROM generate_series(1, :n))", {"n": count}
         )
         return list(result[0][0])
 
-    async def _lock_holds(self, conn: _Conn, ops: list[Op]) -> dict[tuple[str, str], _Hold]:
+    async def _lock_holds(self, conn: RawConn, ops: list[Op]) -> dict[tuple[str, str], _Hold]:
         keys = sorted({(op.scope, op.payload.hold_id) for op in ops if op.kind in ("CAPTURE", "VOID")})
         result = await conn.execute(
-            _sql(
-                "SELECT h.* FROM wallet.holds h JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[])) AS u(s, k)"
-                " ON h.scope = u.s AND h.key = u.k ORDER BY h.id FOR UPDATE OF h"
-            ),
+            "SELECT h.* FROM wallet.holds h JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[])) AS u(s, k)"
+            " ON h.scope = u.s AND h.key = u.k ORDER BY h.id FOR UPDATE OF h",
             {"s": [k[0] for k in keys], "k": [k[1] for k in keys]},
         )
         return {
@@ -544,18 +520,16 @@ class Ledger:
             for r in result
         }
 
-    async def _lock_originals(self, conn: _Conn, ops: list[Op]) -> dict[tuple, list[_Original]]:
+    async def _lock_originals(self, conn: RawConn, ops: list[Op]) -> dict[tuple, list[_Original]]:
         targets = sorted(
             {(op.scope, op.payload.target_kind, op.payload.target_key) for op in ops if op.kind == "REVERSAL"}
         )
         result = await conn.execute(
-            _sql(
-                "SELECT o.scope, o.kind, o.key, t.* FROM wallet.transfers t"
-                " JOIN wallet.operations o ON o.id = t.operation_id"
-                " JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[])) AS u(s, k, y)"
-                " ON o.scope = u.s AND o.kind = u.k AND o.key = u.y"
-                " WHERE t.reverses_transfer_id IS NULL ORDER BY t.id FOR UPDATE OF t"
-            ),
+            "SELECT o.scope, o.kind, o.key, t.* FROM wallet.transfers t"
+            " JOIN wallet.operations o ON o.id = t.operation_id"
+            " JOIN unnest(CAST(:s AS text[]), CAST(:k AS text[]), CAST(:y AS text[])) AS u(s, k, y)"
+            " ON o.scope = u.s AND o.kind = u.k AND o.key = u.y"
+            " WHERE t.reverses_transfer_id IS NULL ORDER BY t.id FOR UPDATE OF t",
             {"s": [t[0] for t in targets], "k": [t[1] for t in targets], "y": [t[2] for t in targets]},
         )
         originals: dict[tuple, list[_Original]] = defaultdict(list)
@@ -625,19 +599,17 @@ class Ledger:
                 batch.add_new_account(-(len(batch.ids) + 1), ref)
 
     async def _lock_accounts(
-        self, conn: _Conn, ids: set[int], refs: set[Ref]
+        self, conn: RawConn, ids: set[int], refs: set[Ref]
     ) -> tuple[dict[int, _Account], dt.datetime]:
         """Locks the accounts named by id or by natural key, in id order, and reads the clock."""
         refs_sorted = sorted(refs)
         result = await conn.execute(
-            _sql(
-                f"SELECT {NOW_SQL} AS now, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
-                " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts WHERE id IN ("
-                " SELECT unnest(CAST(:ids AS bigint[])) UNION SELECT x.id FROM wallet.accounts x"
-                " JOIN unnest(CAST(:o AS text[]), CAST(:s AS text[]), CAST(:c AS text[])) AS u(o, s, c)"
-                " ON x.owner_id = u.o AND x.asset = u.s AND x.code = u.c)"
-                " ORDER BY id FOR UPDATE) a ON true"
-            ),
+            f"SELECT {NOW_SQL} AS now, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
+            " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts WHERE id IN ("
+            " SELECT unnest(CAST(:ids AS bigint[])) UNION SELECT x.id FROM wallet.accounts x"
+            " JOIN unnest(CAST(:o AS text[]), CAST(:s AS text[]), CAST(:c AS text[])) AS u(o, s, c)"
+            " ON x.owner_id = u.o AND x.asset = u.s AND x.code = u.c)"
+            " ORDER BY id FOR UPDATE) a ON true",
             {
                 "ids": sorted(ids),
                 "o": [r.owner_id for r in refs_sorted],
@@ -656,7 +628,7 @@ class Ledger:
         assert now is not None
         return accounts, now
 
-    async def _write(self, conn: _Conn, batch: _Batch, answers: list[tuple[Op, int, bool, bytes]]) -> int:
+    async def _write(self, conn: RawConn, batch: _Batch, answers: list[tuple[Op, int, bool, bytes]]) -> int:
         """Writes the batch in one statement; answers how many idempotency rows it wrote."""
         parts: list[str] = []
         params: dict[str, object] = {"now": batch.now}
@@ -764,7 +736,7 @@ class Ledger:
             select += f", pg_notify('{NOTIFY_CHANNEL}', :notify)"
             params["notify"] = payload
         sql = ("WITH " + ", ".join(parts) + " " if parts else "") + select
-        return (await conn.execute(_sql(sql), params))[0][0]
+        return (await conn.execute(sql, params))[0][0]
 
     # ---- applying one op ------------------------------------------------------------------------
 
@@ -1002,31 +974,6 @@ class Ledger:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-
-_PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
-
-
-@functools.cache
-def _sql(statement: str) -> str:
-    """`:name` parameters (as SQLAlchemy writes them) in psycopg's `%(name)s` style, converted once
-    per distinct statement text: the ledger's statements are a small fixed set. `::type` casts stay."""
-    assert "%" not in statement, "a literal % would need escaping"
-    return _PARAMETER.sub(r"%(\1)s", statement)
-
-
-class _Conn:
-    """A psycopg connection inside the ledger's transaction; each statement answers its rows."""
-
-    __slots__ = ("raw",)
-
-    def __init__(self, raw: psycopg.AsyncConnection):
-        self.raw = raw
-
-    async def execute(self, statement: str, params: dict) -> list:
-        async with self.raw.cursor(row_factory=namedtuple_row) as cursor:
-            await cursor.execute(statement, params)
-            return await cursor.fetchall() if cursor.description is not None else []
 
 
 def _json(rows: list) -> str:

@@ -42,18 +42,22 @@ async def test_sigterm_drains_and_exits_cleanly(database_url):
             assert first.status == health_pb2.HealthCheckResponse.SERVING
             # Calls in flight when SIGTERM arrives must still be answered.
             grants = [
-                caller.wallet.GrantPromotion(pb.GrantPromotionRequest(request_id=f"g{i}", owner_id="fan", amount=1))
+                asyncio.ensure_future(
+                    caller.wallet.GrantPromotion(pb.GrantPromotionRequest(request_id=f"g{i}", owner_id="fan", amount=1))
+                )
                 for i in range(50)
             ]
+            # Signalled once the first is answered, so every other one has reached the server. The
+            # server picks up arriving calls one per event-loop turn, and stopping at once used to
+            # cancel those not picked up yet (CANCELLED: 14 to 38 of the 50); the drain serves them.
+            await asyncio.wait(grants, return_when=asyncio.FIRST_COMPLETED)
             process.send_signal(signal.SIGTERM)
             answered = await asyncio.gather(*grants, return_exceptions=True)
             second = await asyncio.wait_for(watch.read(), 10)
             assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
         ok = [a for a in answered if isinstance(a, pb.GrantPromotionResponse)]
         refused = [a for a in answered if isinstance(a, grpc.aio.AioRpcError)]
-        # Anything not answered was refused as UNAVAILABLE (not started before the drain), never half-done.
-        assert all(e.code() == grpc.StatusCode.UNAVAILABLE for e in refused), refused
-        assert len(ok) + len(refused) == 50
+        assert refused == [] and len(ok) == 50
         assert await asyncio.wait_for(process.wait(), 20) == 0
         await caller.close()
     finally:
