@@ -31,7 +31,9 @@ The channels with something to publish are found through a partial index on outb
 
 Retention. Rows are kept after publishing: they serve resume tokens older than what the capped Redis
 stream still holds and rebuild lost streams. `prune()` deletes published rows older than a cutoff in
-bounded chunks (a BRIN index on created_at finds them at almost no cost per insert); a resume token pointing before the pruned range then gets RESUME_TOKEN_TOO_OLD.
+bounded chunks (a BRIN index on created_at finds them at almost no cost per insert; `shared.live`
+runs it for the configured retention); a resume token pointing before the pruned range then gets
+RESUME_TOKEN_TOO_OLD.
 `outbox_channels` rows are never deleted: a channel's numbering must never restart.
 """
 

@@ -21,6 +21,7 @@ from sqlalchemy import text
 from shared.clock import db_now
 from shared.db import Migration, make_engine, migrate
 from shared.errors import DomainError
+from shared.live import LiveEvents
 from shared.outbox import (
     Event,
     Relay,
@@ -34,6 +35,7 @@ from shared.outbox import (
     seq_of,
 )
 from shared.watch import Hub, make_token, parse_token
+from tests.harness import settings_for
 
 SCHEMA = "events_test"
 WAIT = 10.0  # generous bound for anything that should take milliseconds
@@ -374,6 +376,29 @@ async def test_a_relay_walks_channels_round_robin(engine, redis):
     for ch in chs:
         assert [s for s, _, _ in await stream(redis, ch)] == list(range(1, 7))
         assert await watermark(engine, ch) == 6
+
+
+async def test_live_events_prune_what_was_published_before_the_retention(engine, redis_url, database_url):
+    settings = settings_for(database_url, redis_url, outbox_retention_hours=1, background_ms=0)
+    live = LiveEvents(settings, engine, SCHEMA)
+    try:
+        ch = channel()
+        await emit(engine, ch, 1, 3)
+        await publish_all(live.relay)
+        await emit(engine, ch, 4, 1)  # not published: kept whatever its age
+        await emit(engine, channel(), 1, 1)
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(f"UPDATE {SCHEMA}.outbox SET created_at = created_at - interval '2 hours' WHERE channel = :c"),
+                {"c": ch},
+            )
+        assert await live.prune_once() >= 3
+        assert [row.seq for row in await outbox_rows(engine, ch)] == [4]
+        kept = LiveEvents(settings_for(database_url, redis_url, outbox_retention_hours=0), engine, SCHEMA)
+        assert await kept.prune_once() == 0
+        await kept.close()
+    finally:
+        await live.close()
 
 
 # The first layout (before watermarks): a published_at mark per row, as the services' first
