@@ -130,6 +130,9 @@ class Settings:
     # Published outbox rows older than this (business time) are deleted; 0 keeps every row. Resume
     # tokens from before then answer RESUME_TOKEN_TOO_OLD.
     outbox_retention_hours: int
+    # A scheduled stream not started this long after its scheduled start is cancelled by Streams and
+    # its tickets refunded; 0 never does.
+    streams_no_show_hours: int
     # Billing's metering: calls claimed per round, rounds in flight at once per process, and how long
     # every replica must have been silent before a process starting up records a Billing outage.
     billing_claim_chunk: int
@@ -214,6 +217,7 @@ def load_settings() -> Settings:
         background_ms=_int("FANBANK_BACKGROUND_MS", 1000, 0, 3_600_000),
         sweep_after_seconds=_int("FANBANK_SWEEP_AFTER_SECONDS", 60, 1, 86_400),
         outbox_retention_hours=_int("FANBANK_OUTBOX_RETENTION_HOURS", 168, 0, 87_600),
+        streams_no_show_hours=_int("FANBANK_STREAMS_NO_SHOW_HOURS", 24, 0, 8_760),
         billing_claim_chunk=_int("FANBANK_BILLING_CLAIM_CHUNK", 2000, 1, 100_000),
         billing_rounds_in_flight=_int("FANBANK_BILLING_ROUNDS_IN_FLIGHT", 3, 1, 64),
         billing_outage_after_seconds=_int("FANBANK_BILLING_OUTAGE_AFTER_SECONDS", 10, 1, 3600),

@@ -58,6 +58,7 @@ MAX_INVITE_PAGE_SIZE = 1_000
 DEFAULT_INVITE_PAGE_SIZE = 100
 # A viewer not seen (JoinStream) for this long by business time is no longer counted.
 PRESENCE_TTL = dt.timedelta(seconds=90)
+NO_SHOWS_PER_TICK = 100
 VIEWER_COUNTS_PER_TICK = 1_000
 # WatchStream messages built as bytes, shared by the local watchers at the same feed position.
 ENCODED_CACHE_ENTRIES = 4_096
@@ -225,6 +226,29 @@ def add_to_server(servicer, server) -> None:
 def feed_channels(stream_id: str) -> tuple[str, str]:
     """WatchStream's channels, in token order: Streams' own, then the gifts sent in the stream."""
     return f"stream:{stream_id}", f"stream_gifts:{stream_id}"
+
+
+async def mark_cancelled(conn: AsyncConnection, rows) -> list[Event]:
+    """The cancelling transaction's writes for SCHEDULED streams (rows with stream_id, creator_id and
+    the business time `now`, locked by the caller): each stream CANCELLED and its VALID tickets
+    REFUND_PENDING, refunded by `Tickets.settle_stream` once this commits. Answers the CANCELLED
+    events for the caller to append."""
+    ids = [row.stream_id for row in rows]
+    await conn.execute(
+        text(
+            f"UPDATE streams.streams SET status = 'CANCELLED', cancelled_at = {NOW_SQL} "
+            "WHERE stream_id = ANY(CAST(:ids AS text[]))"
+        ),
+        {"ids": ids},
+    )
+    await conn.execute(
+        text(
+            f"UPDATE streams.tickets SET status = 'REFUND_PENDING', refund_requested_at = {NOW_SQL} "
+            "WHERE stream_id = ANY(CAST(:ids AS text[])) AND status = 'VALID'"
+        ),
+        {"ids": ids},
+    )
+    return [stream_event(row.stream_id, row.creator_id, pb.STREAM_EVENT_TYPE_CANCELLED, row.now) for row in rows]
 
 
 class StreamsServicer:
@@ -478,23 +502,7 @@ class StreamsServicer:
             if row.status in ("LIVE", "ENDED"):
                 raise precondition("STREAM_ALREADY_STARTED", "only a stream that has not started can be cancelled")
             if row.status == "SCHEDULED":
-                await conn.execute(
-                    text(
-                        f"UPDATE streams.streams SET status = 'CANCELLED', cancelled_at = {NOW_SQL} "
-                        "WHERE stream_id = :id"
-                    ),
-                    {"id": row.stream_id},
-                )
-                await conn.execute(
-                    text(
-                        f"UPDATE streams.tickets SET status = 'REFUND_PENDING', refund_requested_at = {NOW_SQL} "
-                        "WHERE stream_id = :id AND status = 'VALID'"
-                    ),
-                    {"id": row.stream_id},
-                )
-                await append(
-                    conn, SCHEMA, [stream_event(row.stream_id, row.creator_id, pb.STREAM_EVENT_TYPE_CANCELLED, row.now)]
-                )
+                await append(conn, SCHEMA, await mark_cancelled(conn, [row]))
         self.notify()
         # Also on a repeat: drives what a first attempt left in flight (same ids, so never twice).
         await self.tickets.settle_stream(row.stream_id)
@@ -875,8 +883,39 @@ class Streams:
     async def tick(self) -> None:
         """One round of background work; safe in any number of processes at once."""
         await self.tickets.sweep()
+        await self.cancel_no_shows()
         await self.expire_presence()
         await self.publish_viewer_counts()
+
+    async def cancel_no_shows(self) -> int:
+        """Cancels the SCHEDULED streams whose scheduled start is more than
+        FANBANK_STREAMS_NO_SHOW_HOURS past (business time) and refunds their tickets, exactly as the
+        creator's CancelStream would: fans never stay charged for a stream that did not happen.
+        Rows are skip-locked, so replicas doing this at once cancel each stream once; answers how
+        many streams this call cancelled."""
+        if not self.settings.streams_no_show_hours:
+            return 0
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        f"SELECT stream_id, creator_id, {NOW_SQL} AS now FROM streams.streams "
+                        "WHERE status = 'SCHEDULED' AND scheduled_start_at IS NOT NULL "
+                        f"AND scheduled_start_at < {NOW_SQL} - CAST(:grace AS interval) "
+                        "ORDER BY scheduled_start_at LIMIT :limit FOR UPDATE SKIP LOCKED"
+                    ),
+                    {"grace": dt.timedelta(hours=self.settings.streams_no_show_hours), "limit": NO_SHOWS_PER_TICK},
+                )
+            ).all()
+            if not rows:
+                return 0
+            rows.sort(key=lambda row: row.stream_id)  # one append, channels in a fixed order
+            await append(conn, SCHEMA, await mark_cancelled(conn, rows))
+        self._notify()
+        for row in rows:
+            log.info("scheduled stream never started; cancelled", extra={"stream_id": row.stream_id})
+            await self.tickets.settle_stream(row.stream_id)
+        return len(rows)
 
     async def expire_presence(self) -> int:
         async with self.engine.begin() as conn:

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 
 from services.streams import server as streams_server
-from shared.clock import ControlledClock
+from shared.clock import ControlledClock, db_now
 from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as gpb
 from shared.gen.fanbank.streams.v1 import streams_service_pb2 as spb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -301,6 +301,29 @@ async def test_cancel_refunds_every_leg_exactly_once(env):
             await audit_ok(env)
         finally:
             await caller.close()
+
+
+async def test_a_scheduled_stream_that_never_starts_is_cancelled_and_refunded(env):
+    """FANBANK_STREAMS_NO_SHOW_HOURS (24) after its scheduled start, a stream still SCHEDULED is
+    cancelled by the background loop and every ticket refunded, as CancelStream would."""
+    now = await db_now(env.engine)
+    creator, fan = uid("creator"), uid("fan")
+    await fund(env, fan, 1000)
+    stream = await create(env.streams, creator, price=300, scheduled_start_time=_stamp(now + dt.timedelta(hours=1)))
+    await buy(env.streams, stream, fan)
+    assert (await spendable(env, fan), await earnings(env, creator)) == (700, 300)
+    await env.clock.advance(dt.timedelta(hours=25) - dt.timedelta(seconds=1))
+    await env.service.cancel_no_shows()
+    got = await env.streams.GetStream(spb.GetStreamRequest(stream_id=stream.stream_id))
+    assert got.stream.status == spb.STREAM_STATUS_SCHEDULED  # a late start is still a start
+    await env.clock.advance(dt.timedelta(seconds=2))
+    assert await env.service.cancel_no_shows() >= 1
+    got = await env.streams.GetStream(spb.GetStreamRequest(stream_id=stream.stream_id))
+    assert got.stream.status == spb.STREAM_STATUS_CANCELLED
+    assert (await spendable(env, fan), await earnings(env, creator)) == (1000, 0)
+    assert await env.service.cancel_no_shows() == 0  # once
+    assert (await spendable(env, fan), await earnings(env, creator)) == (1000, 0)
+    await audit_ok(env)
 
 
 # ---- bad input -------------------------------------------------------------------------------------
