@@ -820,19 +820,14 @@ def completed_events(rows: list) -> list[Event]:
         before = progress[row.goal_ref]
         after = before + row.amount_tokens
         progress[row.goal_ref] = after
-        update = epb.GiftEvent(
-            type=epb.GIFT_EVENT_TYPE_GOAL_PROGRESS,
-            support_id=row.tip_id,
-            creator_id=row.creator_id,
-            sender_id=row.sender_id,
+        update = _gift_event(
+            row,
+            epb.GIFT_EVENT_TYPE_GOAL_PROGRESS,
             sender_display_name=row.sender_display_name,
             amount_tokens=row.amount_tokens,
-            context_type=row.context_type,
-            context_id=row.context_id,
             goal_id=row.goal_ref,
             goal_progress_tokens=after,
             goal_target_tokens=row.goal_target,
-            event_time=ts(row.created_at),
         )
         events += _to_channels(row, epb.GIFT_EVENT_TYPE_GOAL_PROGRESS, update)
         if before < row.goal_target <= after:
@@ -900,38 +895,39 @@ def answer_of(row, already_paid: bool = False) -> Answer:
     )
 
 
-def support_event(row) -> epb.GiftEvent:
+def _gift_event(row, event_type: int, **fields) -> epb.GiftEvent:
+    """A GiftEvent about the support in `row`: what every event type names of it, plus `fields`."""
     return epb.GiftEvent(
-        type=_EVENT_TYPES[row.kind],
+        type=event_type,
         support_id=row.tip_id,
         creator_id=row.creator_id,
         sender_id=row.sender_id,
+        context_type=row.context_type,
+        context_id=row.context_id,
+        event_time=ts(row.created_at),
+        **fields,
+    )
+
+
+def support_event(row) -> epb.GiftEvent:
+    return _gift_event(
+        row,
+        _EVENT_TYPES[row.kind],
         sender_display_name=row.sender_display_name,
         amount_tokens=row.amount_tokens,
         message="" if row.message_hidden else row.message,
-        context_type=row.context_type,
-        context_id=row.context_id,
         gift_id=row.gift_id or "",
         gift_name=row.gift_name or "",
         quantity=row.quantity or 0,
         image_url=row.image_url or "",
         animation_url=row.animation_url or "",
-        event_time=ts(row.created_at),
     )
 
 
 def hidden_message_events(row) -> list[Event]:
     """MESSAGE_HIDDEN for a completed support whose message an admin hid: on every channel its alert
     went to, so clients that showed or hold the alert drop the message."""
-    event = epb.GiftEvent(
-        type=epb.GIFT_EVENT_TYPE_MESSAGE_HIDDEN,
-        support_id=row.tip_id,
-        creator_id=row.creator_id,
-        sender_id=row.sender_id,
-        context_type=row.context_type,
-        context_id=row.context_id,
-        event_time=ts(row.created_at),
-    )
+    event = _gift_event(row, epb.GIFT_EVENT_TYPE_MESSAGE_HIDDEN)
     return _to_channels(row, epb.GIFT_EVENT_TYPE_MESSAGE_HIDDEN, event)
 
 
