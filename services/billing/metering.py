@@ -1,18 +1,25 @@
 """The metering engine: charges due call blocks through Wallet (DESIGN.md "Metering").
 
-Every block charge follows the intent pattern: (1) one transaction claims due calls with
-`FOR UPDATE SKIP LOCKED`, writes a PENDING intent per block and marks each call as charging, so a
-replica never picks a call another replica is charging; (2) one `Wallet.BatchTransfer` per ≤ 500
-blocks, independent items, each block one group (creator leg + fee leg) whose group id is the
+Every block charge follows the intent pattern, with the call's own row as the intent: (1) one
+transaction claims due calls with `FOR UPDATE SKIP LOCKED` and marks each as charging its next
+block (`charging_block_no`, the block's start, when the charge began), so a replica never picks a
+call another replica is charging and the sweeper can re-drive the charge; (2) one
+`Wallet.BatchTransfer` per ≤ 500 blocks, independent items, each block one group (creator leg + fee leg) whose group id is the
 block's derived id `call:<call_id>:block:<n>`, so a retry or a re-drive can never charge twice;
-(3) one transaction settles the intents that are still PENDING (a settle that lost the race to the
-sweeper changes nothing), advances the calls and appends their events to the outbox.
+(3) one transaction settles the charges still in flight on their calls (a settle that lost the race
+to the sweeper changes nothing), advances the calls and appends their events to the outbox.
 
 What is owed: a block is charged only if, at its nominal start, the call was active, not paused,
 and had a heartbeat within the grace. The grace counts from the later of the last heartbeat and
 Billing's resumption after an outage (`meter_state.resumed_at`); blocks whose nominal start fell in
 the outage are forgiven (skipped, counted in blocks_forgiven). A late tick charges a block under
 its nominal id, one block per call per round, rounds repeating until nothing is due.
+
+While its charge is in flight a call keeps the deadline it was claimed at (at most the claim's
+time), whatever happens to it meanwhile (heartbeat, pause, resume, end): the sweeper finds charges
+left in flight through the due index, and the tick's claim skips them (`charging_block_no`). A
+STARTING call's deadline is its start, for the same reason. The settle that releases the charge
+sets the next deadline (or none, once the call is over).
 
 Low balance: Wallet answers each transfer with what the payer can still spend right after it
 (`debit_available_after`); below `warning_blocks` blocks the fan is warned once, and the next
@@ -122,13 +129,16 @@ def active_ms_until(row, until: dt.datetime) -> int:
     return max(0, int((until - row.segment_started_at).total_seconds() * 1000))
 
 
-def end_params(row, status: str, reason: str, ended_at: dt.datetime) -> dict:
+def end_params(row, status: str, reason: str, ended_at: dt.datetime, release: bool = False) -> dict:
+    """An "ends" row. `release` is for a settle ending the call it settles: it also releases the
+    charge in flight; any other end leaves that charge to its settle."""
     return {
         "call_id": row.call_id,
         "status": status,
         "reason": reason,
         "ended_at": ended_at,
         "extra_ms": active_ms_until(row, ended_at),
+        "release": release,
     }
 
 
@@ -153,17 +163,16 @@ def _rows_param(rows: Sequence[dict], columns: dict[str, str]) -> dict[str, obje
     }
 
 
-_INTENT_COLUMNS = {
-    "call_id": "text",
-    "block_no": "bigint",
-    "block_at": "timestamptz",
-    "tokens": "bigint",
-    "fee": "bigint",
-}
 _CLAIM_COLUMNS = {"call_id": "text", "block_no": "bigint", "block_at": "timestamptz", "forgiven": "bigint"}
 _MOVE_COLUMNS = {**_CLAIM_COLUMNS, "deadline": "timestamptz"}
-_END_COLUMNS = {"call_id": "text", "status": "text", "reason": "text", "ended_at": "timestamptz", "extra_ms": "bigint"}
-_SETTLED_COLUMNS = {"call_id": "text", "block_no": "bigint", "status": "text", "reason": "text"}
+_END_COLUMNS = {
+    "call_id": "text",
+    "status": "text",
+    "reason": "text",
+    "ended_at": "timestamptz",
+    "extra_ms": "bigint",
+    "release": "boolean",
+}
 _CHARGED_COLUMNS = {
     "call_id": "text",
     "status": "text",
@@ -176,19 +185,22 @@ _CHARGED_COLUMNS = {
     "warn": "boolean",
 }
 
+
+def _release_when(condition: str | None = None) -> str:
+    """Releases the call's in-flight charge (its intent), when `condition` holds if one is given."""
+    return ", ".join(
+        f"{column} = CASE WHEN {condition} THEN NULL ELSE c.{column} END" if condition else f"{column} = NULL"
+        for column in ("charging_block_no", "charging_block_at", "charging_since")
+    )
+
+
 # Set-based writes of a round and a settle: one statement per kind whatever the number of calls.
 _ROWS_SQL = {
-    "intents": (
-        _INTENT_COLUMNS,
-        text(
-            "INSERT INTO billing.charge_intents (call_id, block_no, block_at, tokens, fee_tokens, status) "
-            f"SELECT call_id, block_no, block_at, tokens, fee, 'PENDING' FROM {_unnest(_INTENT_COLUMNS)}"
-        ),
-    ),
     "claims": (
         _CLAIM_COLUMNS,
         text(
-            "UPDATE billing.calls c SET charging_block_no = u.block_no, next_block_no = u.block_no, "
+            "UPDATE billing.calls c SET charging_block_no = u.block_no, charging_block_at = u.block_at, "
+            f"charging_since = {NOW_SQL}, next_block_no = u.block_no, "
             "next_block_at = u.block_at, blocks_forgiven = c.blocks_forgiven + u.forgiven "
             f"FROM {_unnest(_CLAIM_COLUMNS)} WHERE c.call_id = u.call_id AND c.call_id = ANY(CAST(:ids AS text[]))"
         ),
@@ -201,26 +213,24 @@ _ROWS_SQL = {
             f"FROM {_unnest(_MOVE_COLUMNS)} WHERE c.call_id = u.call_id AND c.call_id = ANY(CAST(:ids AS text[]))"
         ),
     ),
-    "settled": (
-        _SETTLED_COLUMNS,
-        text(
-            f"UPDATE billing.charge_intents i SET status = u.status, failure_reason = u.reason, settled_at = {NOW_SQL} "
-            f"FROM {_unnest(_SETTLED_COLUMNS)} WHERE i.call_id = u.call_id AND i.block_no = u.block_no "
-            "AND i.call_id = ANY(CAST(:ids AS text[]))"
-        ),
-    ),
     "ends": (
         _END_COLUMNS,
         text(
             "UPDATE billing.calls c SET status = u.status, end_reason = u.reason, ended_at = u.ended_at, "
-            "active_ms = c.active_ms + u.extra_ms, next_block_at = NULL, deadline_at = NULL, "
-            "charging_block_no = NULL, paused_at = NULL "
+            "active_ms = c.active_ms + u.extra_ms, next_block_at = NULL, paused_at = NULL, "
+            # A charge still in flight stays claimed, with its deadline, until its settle (or the
+            # sweeper's) releases it; `release` is that settle.
+            f"{_release_when('u.release')}, "
+            "deadline_at = CASE WHEN u.release OR c.charging_block_no IS NULL THEN NULL ELSE c.deadline_at END "
             f"FROM {_unnest(_END_COLUMNS)} WHERE c.call_id = u.call_id AND c.call_id = ANY(CAST(:ids AS text[]))"
         ),
     ),
     "releases": (
         {"call_id": "text"},
-        text("UPDATE billing.calls SET charging_block_no = NULL WHERE call_id = ANY(CAST(:ids AS text[]))"),
+        text(
+            f"UPDATE billing.calls c SET {_release_when()}, deadline_at = NULL "
+            "WHERE call_id = ANY(CAST(:ids AS text[]))"
+        ),
     ),
     "abandoned": (
         {"call_id": "text"},
@@ -233,7 +243,7 @@ _ROWS_SQL = {
         _CHARGED_COLUMNS,
         text(
             "UPDATE billing.calls c SET status = u.status, next_block_no = u.block_no + 1, "
-            "next_block_at = u.next_block_at, deadline_at = u.deadline, charging_block_no = NULL, "
+            f"next_block_at = u.next_block_at, deadline_at = u.deadline, {_release_when()}, "
             "carry_ms = COALESCE(u.carry, c.carry_ms), blocks_charged = c.blocks_charged + 1, "
             "tokens_charged = c.tokens_charged + u.tokens, fee_tokens = c.fee_tokens + u.fee, "
             "low_balance_warned = c.low_balance_warned OR u.warn "
@@ -267,6 +277,14 @@ class Outcome:
     charged: bool
     reason: str  # Wallet's ErrorInfo reason when not charged
     spendable_after: int | None = None
+
+
+def _in_flight(row) -> Charge:
+    """The charge a call has in flight, as its claim made it: the call's fixed price and fee rate."""
+    tokens = row.tokens_per_block
+    return Charge(
+        row.call_id, row.fan_id, row.creator_id, row.block_no, tokens, fee_amount(tokens, row.fee_bps), row.fee_bps
+    )
 
 
 def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
@@ -327,8 +345,8 @@ class Metering:
 
     async def pay(self, charges: Sequence[Charge]) -> list[Outcome]:
         """Charges the blocks through Wallet, up to MAX_GROUPS_PER_RPC blocks per BatchTransfer and
-        WALLET_RPCS_IN_FLIGHT of those at once; raises if Wallet could not be reached (the intents
-        stay PENDING for the sweeper). Each charged block's outcome carries what the fan can still
+        WALLET_RPCS_IN_FLIGHT of those at once; raises if Wallet could not be reached (the charges
+        stay in flight for the sweeper). Each charged block's outcome carries what the fan can still
         spend (Wallet's `debit_available_after` of the block's last leg) for the low-balance check."""
         parts = [charges[i : i + MAX_GROUPS_PER_RPC] for i in range(0, len(charges), MAX_GROUPS_PER_RPC)]
         gate = asyncio.Semaphore(WALLET_RPCS_IN_FLIGHT)
@@ -358,39 +376,36 @@ class Metering:
     # ---- settling -------------------------------------------------------------------------------
 
     async def settle(self, outcomes: Sequence[Outcome], confirming: str | None = None) -> tuple[int, int]:
-        """Applies outcomes whose intent is still PENDING; answers (intents settled, blocks charged)
-        by this call. `confirming`
+        """Applies the outcomes whose charge is still in flight on its call; answers (charges
+        settled, blocks charged) by this call. `confirming`
         is the call whose StartCall (or its replay) is settling the first block and will answer the
         fan: only then does a STARTING call become ACTIVE. Any other settle of a STARTING call (the
         sweeper, after the fan's request gave up) abandons it and refunds what was charged."""
         if not outcomes:
             return 0, 0
         async with self.engine.begin() as conn:
-            keys = sorted({(o.charge.call_id, o.charge.block_no) for o in outcomes})
+            # The calls' rows are the intents: a charge is still to settle while its call says it is
+            # in flight (charging_block_no), whatever the call's status meanwhile.
             rows = (
                 await conn.execute(
                     text(
-                        f"SELECT {_CALL_COLUMNS_C}, i.block_no, i.block_at, {NOW_SQL} AS now FROM billing.calls c "
-                        "JOIN billing.charge_intents i USING (call_id) "
-                        "WHERE (i.call_id, i.block_no) IN (SELECT call_id, block_no FROM "
-                        f"{_unnest({'call_id': 'text', 'block_no': 'bigint'})}) AND i.status = 'PENDING' "
-                        "AND i.call_id = ANY(CAST(:ids AS text[])) "
-                        "ORDER BY c.call_id FOR UPDATE OF c, i"
+                        f"SELECT {_CALL_COLUMNS}, charging_block_no AS block_no, charging_block_at AS block_at, "
+                        f"{NOW_SQL} AS now FROM billing.calls "
+                        "WHERE call_id = ANY(CAST(:ids AS text[])) ORDER BY call_id FOR UPDATE"
                     ),
-                    {
-                        "rows": json.dumps([{"call_id": k[0], "block_no": k[1]} for k in keys]),
-                        "ids": sorted({k[0] for k in keys}),
-                    },
+                    {"ids": sorted({o.charge.call_id for o in outcomes})},
                 )
             ).all()
-            pending = {(r.call_id, r.block_no): r for r in rows}
+            pending = {(r.call_id, r.block_no): r for r in rows if r.block_no is not None}
             now = rows[0].now if rows else None  # business time, read by the locking statement
             events: list[Event] = []
-            batches: dict[str, list[dict]] = {"settled": [], "ends": [], "releases": [], "charged": [], "abandoned": []}
+            batches: dict[str, list[dict]] = {"ends": [], "releases": [], "charged": [], "abandoned": []}
+            settled = 0
             for outcome in outcomes:
                 row = pending.pop((outcome.charge.call_id, outcome.charge.block_no), None)
                 if row is None:
                     continue  # settled already (sweeper or another replica)
+                settled += 1
                 events += self._settle_one(row, outcome, now, batches, confirming)
             # One statement per kind of write, in a fixed order.
             for kind, writes in batches.items():
@@ -399,31 +414,23 @@ class Metering:
         self.notify()
         if batches["abandoned"]:
             await self.refund([r["call_id"] for r in batches["abandoned"]])
-        return len(rows), len(batches["charged"])
+        return settled, len(batches["charged"])
 
     def _settle_one(
         self, row, outcome: Outcome, now: dt.datetime, batches: dict[str, list[dict]], confirming: str | None
     ) -> list[Event]:
         """Adds this outcome's writes to `batches` (executed set-wise by settle); answers its events."""
         charge = outcome.charge
-        batches["settled"].append(
-            {
-                "status": "CHARGED" if outcome.charged else "FAILED",
-                "reason": outcome.reason or None,
-                "call_id": charge.call_id,
-                "block_no": charge.block_no,
-            }
-        )
         if row.status == "STARTING" and row.call_id != confirming:
             # Nobody is waiting for this start any more: the fan saw an error. Never start it.
             log.warning("abandoning a call start nobody confirmed", extra={"call_id": row.call_id})
-            batches["ends"].append(end_params(row, "FAILED", "START_ABANDONED", now))
+            batches["ends"].append(end_params(row, "FAILED", "START_ABANDONED", now, release=True))
             if outcome.charged:
                 batches["abandoned"].append({"call_id": row.call_id})
             return []
         if not outcome.charged:
             if row.status == "STARTING":
-                batches["ends"].append(end_params(row, "FAILED", "START_FAILED", now))
+                batches["ends"].append(end_params(row, "FAILED", "START_FAILED", now, release=True))
                 return []
             if row.status in ("ENDED", "FAILED"):
                 batches["releases"].append({"call_id": row.call_id})
@@ -432,7 +439,7 @@ class Metering:
             if reason == "CHARGE_FAILED":
                 log.error("wallet refused a call block", extra={"call_id": row.call_id, "reason": outcome.reason})
             ended_at = min(row.block_at, now)
-            batches["ends"].append(end_params(row, "ENDED", reason, ended_at))
+            batches["ends"].append(end_params(row, "ENDED", reason, ended_at, release=True))
             return call_events(
                 row, pb.CALL_EVENT_TYPE_ENDED, ended_at, end_reason=pb.EndReason.Value(f"END_REASON_{reason}")
             )
@@ -542,8 +549,8 @@ class Metering:
                 await conn.execute(
                     text(
                         f"SELECT {_CALL_COLUMNS} FROM billing.calls "
-                        "WHERE status IN ('ACTIVE', 'PAUSED') AND charging_block_no IS NULL "
-                        "AND deadline_at <= :now ORDER BY deadline_at LIMIT :chunk FOR UPDATE SKIP LOCKED"
+                        "WHERE deadline_at <= :now AND status IN ('ACTIVE', 'PAUSED') AND charging_block_no IS NULL "
+                        "ORDER BY deadline_at LIMIT :chunk FOR UPDATE SKIP LOCKED"
                     ),
                     {"now": now, "chunk": self.claim_chunk},
                 )
@@ -551,7 +558,7 @@ class Metering:
             if not rows:
                 return 0, 0
             events: list[Event] = []
-            intents, claims, ends, moves = [], [], [], []
+            claims, ends, moves = [], [], []
             for row in rows:
                 if row.status == "PAUSED":
                     ended_at = row.paused_at + dt.timedelta(seconds=row.max_pause_seconds)
@@ -573,15 +580,6 @@ class Metering:
                         Charge(
                             row.call_id, row.fan_id, row.creator_id, block_no, row.tokens_per_block, fee, row.fee_bps
                         )
-                    )
-                    intents.append(
-                        {
-                            "call_id": row.call_id,
-                            "block_no": block_no,
-                            "block_at": block_at,
-                            "tokens": row.tokens_per_block,
-                            "fee": fee,
-                        }
                     )
                     claims.append(
                         {
@@ -606,7 +604,6 @@ class Metering:
                             "deadline": min(block_at, alive_until),
                         }
                     )
-            await write_rows(conn, "intents", intents)
             await write_rows(conn, "claims", claims)
             await write_rows(conn, "moves", moves)
             await write_rows(conn, "ends", ends)
@@ -631,18 +628,20 @@ class Metering:
     # ---- the sweeper ----------------------------------------------------------------------------
 
     async def sweep(self, older_than: dt.timedelta | None = None, limit: int | None = None) -> int:
-        """Re-drives intents left PENDING (a crash between Wallet and the settle): same derived ids,
-        so Wallet answers the original result; then finishes refunds left PENDING. Answers the
-        intents settled now."""
+        """Re-drives charges left in flight (a crash between Wallet and the settle): same derived
+        ids, so Wallet answers the original result; then finishes refunds left PENDING. Answers the
+        charges settled now."""
         older_than = self.sweep_after if older_than is None else older_than
         async with self.engine.connect() as conn:
             rows = (
                 await conn.execute(
                     text(
-                        "SELECT i.call_id, i.block_no, i.tokens, i.fee_tokens, c.fan_id, c.creator_id, c.fee_bps "
-                        "FROM billing.charge_intents i JOIN billing.calls c USING (call_id) "
-                        f"WHERE i.status = 'PENDING' AND i.created_at <= {NOW_SQL} - CAST(:age AS interval) "
-                        "ORDER BY i.created_at LIMIT :limit"
+                        # In flight, a call keeps the deadline it was claimed at (at most the claim's
+                        # time), so the due index finds the charges that began `age` ago or more.
+                        "SELECT call_id, charging_block_no AS block_no, tokens_per_block, fan_id, creator_id, fee_bps "
+                        f"FROM billing.calls WHERE deadline_at <= {NOW_SQL} - CAST(:age AS interval) "
+                        f"AND charging_since <= {NOW_SQL} - CAST(:age AS interval) "
+                        "ORDER BY deadline_at LIMIT :limit"
                     ),
                     {"age": older_than, "limit": limit or self.claim_chunk},
                 )
@@ -657,9 +656,7 @@ class Metering:
                 .scalars()
                 .all()
             )
-        charges = [
-            Charge(r.call_id, r.fan_id, r.creator_id, r.block_no, r.tokens, r.fee_tokens, r.fee_bps) for r in rows
-        ]
+        charges = [_in_flight(r) for r in rows]
         settled = (await self.settle(await self.pay(charges)))[0] if charges else 0
         if refunds:
             await self.refund(list(refunds))
@@ -672,16 +669,14 @@ class Metering:
             row = (
                 await conn.execute(
                     text(
-                        "SELECT i.call_id, i.block_no, i.tokens, i.fee_tokens, c.fan_id, c.creator_id, c.fee_bps "
-                        "FROM billing.charge_intents i JOIN billing.calls c USING (call_id) "
-                        "WHERE i.call_id = :id AND i.block_no = 0 AND i.status = 'PENDING'"
+                        "SELECT call_id, charging_block_no AS block_no, tokens_per_block, fan_id, creator_id, fee_bps "
+                        "FROM billing.calls WHERE call_id = :id AND status = 'STARTING' AND charging_block_no = 0"
                     ),
                     {"id": call_id},
                 )
             ).one_or_none()
         if row is not None:
-            charge = Charge(row.call_id, row.fan_id, row.creator_id, 0, row.tokens, row.fee_tokens, row.fee_bps)
-            await self.settle(await self.pay([charge]), confirming=call_id)
+            await self.settle(await self.pay([_in_flight(row)]), confirming=call_id)
 
     async def refund(self, call_ids: Sequence[str]) -> None:
         """Gives back the first block of abandoned starts: one Wallet reversal of every leg of the

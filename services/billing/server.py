@@ -287,9 +287,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                         INSERT INTO billing.calls (call_id, request_scope, request_id, fan_id, creator_id, status,
                             rate_tokens_per_minute, tokens_per_block, block_seconds, fee_bps, grace_seconds,
                             max_pause_seconds, warning_blocks, media_channel, media_node, started_at,
-                            next_block_no, next_block_at, charging_block_no, last_heartbeat_at, segment_started_at)
+                            next_block_no, next_block_at, charging_block_no, charging_block_at, charging_since,
+                            deadline_at, last_heartbeat_at, segment_started_at)
                         VALUES (:call_id, :scope, :rid, :fan, :creator, 'STARTING', :rate, :tokens, :block, :bps,
-                            :grace, :pause, :warn, :channel, :node, {NOW_SQL}, 0, {NOW_SQL}, 0, {NOW_SQL}, {NOW_SQL})
+                            :grace, :pause, :warn, :channel, :node, {NOW_SQL}, 0, {NOW_SQL}, 0, {NOW_SQL}, {NOW_SQL},
+                            {NOW_SQL}, {NOW_SQL}, {NOW_SQL})
                         """
                     ),
                     {
@@ -308,13 +310,6 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                         "channel": f"{MEDIA_CHANNEL_PREFIX}{call_id}",
                         "node": request.media_node,
                     },
-                )
-                await conn.execute(
-                    text(
-                        "INSERT INTO billing.charge_intents (call_id, block_no, block_at, tokens, fee_tokens, status) "
-                        f"VALUES (:c, 0, {NOW_SQL}, :t, :f, 'PENDING')"
-                    ),
-                    {"c": call_id, "t": tokens, "f": fee},
                 )
         except IntegrityError as exc:
             if "calls_one_live_per_fan" in str(exc):
@@ -426,7 +421,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                         carry_ms = GREATEST(0, CAST(EXTRACT(EPOCH FROM (next_block_at - {NOW_SQL})) * 1000 AS bigint)),
                         active_ms = active_ms + :extra,
                         segment_started_at = NULL,
-                        deadline_at = {NOW_SQL} + make_interval(secs => max_pause_seconds)
+                        deadline_at = CASE WHEN charging_block_no IS NULL
+                            THEN {NOW_SQL} + make_interval(secs => max_pause_seconds) ELSE deadline_at END
                     WHERE call_id = :id
                     """
                 ),
@@ -462,7 +458,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                             segment_started_at = {NOW_SQL},
                             next_block_at = {NOW_SQL} + make_interval(secs => carry_ms / 1000.0),
                             deadline_at = CASE WHEN charging_block_no IS NULL THEN
-                                {NOW_SQL} + make_interval(secs => LEAST(carry_ms / 1000.0, grace_seconds)) END,
+                                {NOW_SQL} + make_interval(secs => LEAST(carry_ms / 1000.0, grace_seconds))
+                                ELSE deadline_at END,
                             carry_ms = 0
                         WHERE call_id = :id
                         """
