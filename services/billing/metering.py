@@ -50,11 +50,12 @@ from dataclasses import dataclass
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import auth
 from shared.clock import NOW_SQL
 from shared.config import Settings
+from shared.db import RawConn, raw_transaction
 from shared.errors import error_info, reason_of
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -76,7 +77,6 @@ _CALL_FIELDS = (
     "last_heartbeat_at segment_started_at low_balance_warned"
 ).split()
 _CALL_COLUMNS = ", ".join(_CALL_FIELDS)
-_CALL_COLUMNS_C = ", ".join("call_id" if f == "call_id" else f"c.{f}" for f in _CALL_FIELDS)
 
 
 def block_id(call_id: str, block_no: int) -> str:
@@ -156,10 +156,16 @@ def _json_default(value):
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
+def _ids(call_ids) -> str:
+    """Call ids as one parameter for `string_to_array(:ids, ' ')` (ids never hold a space): psycopg
+    dumps a list element by element in Python, a string at once."""
+    return " ".join(sorted(set(call_ids)))
+
+
 def _rows_param(rows: Sequence[dict], columns: dict[str, str]) -> dict[str, object]:
     return {
         "rows": json.dumps([{n: row[n] for n in columns} for row in rows], default=_json_default),
-        "ids": sorted({row["call_id"] for row in rows}),
+        "ids": _ids(row["call_id"] for row in rows),
     }
 
 
@@ -194,70 +200,86 @@ def _release_when(condition: str | None = None) -> str:
     )
 
 
+# The calls a statement writes, named again beside its recordset (see _unnest).
+_NAMED = "c.call_id = ANY(string_to_array(:ids, ' '))"
 # Set-based writes of a round and a settle: one statement per kind whatever the number of calls.
 _ROWS_SQL = {
     "claims": (
         _CLAIM_COLUMNS,
-        text(
+        (
             "UPDATE billing.calls c SET charging_block_no = u.block_no, charging_block_at = u.block_at, "
             f"charging_since = {NOW_SQL}, next_block_no = u.block_no, "
             "next_block_at = u.block_at, blocks_forgiven = c.blocks_forgiven + u.forgiven "
-            f"FROM {_unnest(_CLAIM_COLUMNS)} WHERE c.call_id = u.call_id AND c.call_id = ANY(CAST(:ids AS text[]))"
+            f"FROM {_unnest(_CLAIM_COLUMNS)} WHERE c.call_id = u.call_id AND {_NAMED}"
         ),
     ),
     "moves": (
         _MOVE_COLUMNS,
-        text(
+        (
             "UPDATE billing.calls c SET next_block_no = u.block_no, next_block_at = u.block_at, "
             "deadline_at = u.deadline, blocks_forgiven = c.blocks_forgiven + u.forgiven "
-            f"FROM {_unnest(_MOVE_COLUMNS)} WHERE c.call_id = u.call_id AND c.call_id = ANY(CAST(:ids AS text[]))"
+            f"FROM {_unnest(_MOVE_COLUMNS)} WHERE c.call_id = u.call_id AND {_NAMED}"
         ),
     ),
     "ends": (
         _END_COLUMNS,
-        text(
+        (
             "UPDATE billing.calls c SET status = u.status, end_reason = u.reason, ended_at = u.ended_at, "
             "active_ms = c.active_ms + u.extra_ms, next_block_at = NULL, paused_at = NULL, "
             # A charge still in flight stays claimed, with its deadline, until its settle (or the
             # sweeper's) releases it; `release` is that settle.
             f"{_release_when('u.release')}, "
             "deadline_at = CASE WHEN u.release OR c.charging_block_no IS NULL THEN NULL ELSE c.deadline_at END "
-            f"FROM {_unnest(_END_COLUMNS)} WHERE c.call_id = u.call_id AND c.call_id = ANY(CAST(:ids AS text[]))"
+            f"FROM {_unnest(_END_COLUMNS)} WHERE c.call_id = u.call_id AND {_NAMED}"
         ),
     ),
     "releases": (
         {"call_id": "text"},
-        text(
-            f"UPDATE billing.calls c SET {_release_when()}, deadline_at = NULL "
-            "WHERE call_id = ANY(CAST(:ids AS text[]))"
-        ),
+        f"UPDATE billing.calls c SET {_release_when()}, deadline_at = NULL WHERE {_NAMED}",
     ),
     "abandoned": (
         {"call_id": "text"},
-        text(
+        (
             "UPDATE billing.calls c SET refund_state = 'PENDING' "
-            f"FROM {_unnest({'call_id': 'text'})} WHERE c.call_id = u.call_id AND c.call_id = ANY(CAST(:ids AS text[]))"
+            f"FROM {_unnest({'call_id': 'text'})} WHERE c.call_id = u.call_id AND {_NAMED}"
         ),
     ),
     "charged": (
         _CHARGED_COLUMNS,
-        text(
+        (
             "UPDATE billing.calls c SET status = u.status, next_block_no = u.block_no + 1, "
             f"next_block_at = u.next_block_at, deadline_at = u.deadline, {_release_when()}, "
             "carry_ms = COALESCE(u.carry, c.carry_ms), blocks_charged = c.blocks_charged + 1, "
             "tokens_charged = c.tokens_charged + u.tokens, fee_tokens = c.fee_tokens + u.fee, "
             "low_balance_warned = c.low_balance_warned OR u.warn "
-            f"FROM {_unnest(_CHARGED_COLUMNS)} WHERE c.call_id = u.call_id AND c.call_id = ANY(CAST(:ids AS text[]))"
+            f"FROM {_unnest(_CHARGED_COLUMNS)} WHERE c.call_id = u.call_id AND {_NAMED}"
         ),
     ),
 }
 
 
-async def write_rows(conn, kind: str, rows: Sequence[dict]) -> None:
-    """One set-based statement writing `rows` of `kind` (see _ROWS_SQL); nothing when empty."""
+_CLAIM_SQL = (
+    f"SELECT {_CALL_COLUMNS} FROM billing.calls "
+    "WHERE deadline_at <= :now AND status IN ('ACTIVE', 'PAUSED') AND charging_block_no IS NULL "
+    "ORDER BY deadline_at LIMIT :chunk FOR UPDATE SKIP LOCKED"
+)
+_SETTLE_LOCK_SQL = (
+    f"SELECT {_CALL_COLUMNS}, charging_block_no AS block_no, charging_block_at AS block_at, {NOW_SQL} AS now "
+    "FROM billing.calls c WHERE call_id = ANY(string_to_array(:ids, ' ')) ORDER BY call_id FOR UPDATE"
+)
+_ROWS_TEXT = {kind: text(statement) for kind, (_, statement) in _ROWS_SQL.items()}
+
+
+async def write_rows(conn: AsyncConnection | RawConn, kind: str, rows: Sequence[dict]) -> None:
+    """One set-based statement writing `rows` of `kind` (see _ROWS_SQL) in the caller's transaction
+    (SQLAlchemy's, or a `raw_transaction`); nothing when empty."""
     if rows:
         columns, statement = _ROWS_SQL[kind]
-        await conn.execute(statement, _rows_param(rows, columns))
+        params = _rows_param(rows, columns)
+        if isinstance(conn, RawConn):
+            await conn.execute(statement, params)
+        else:
+            await conn.execute(_ROWS_TEXT[kind], params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,19 +405,10 @@ class Metering:
         sweeper, after the fan's request gave up) abandons it and refunds what was charged."""
         if not outcomes:
             return 0, 0
-        async with self.engine.begin() as conn:
+        async with raw_transaction(self.engine) as conn:
             # The calls' rows are the intents: a charge is still to settle while its call says it is
             # in flight (charging_block_no), whatever the call's status meanwhile.
-            rows = (
-                await conn.execute(
-                    text(
-                        f"SELECT {_CALL_COLUMNS}, charging_block_no AS block_no, charging_block_at AS block_at, "
-                        f"{NOW_SQL} AS now FROM billing.calls "
-                        "WHERE call_id = ANY(CAST(:ids AS text[])) ORDER BY call_id FOR UPDATE"
-                    ),
-                    {"ids": sorted({o.charge.call_id for o in outcomes})},
-                )
-            ).all()
+            rows = await conn.execute(_SETTLE_LOCK_SQL, {"ids": _ids(o.charge.call_id for o in outcomes)})
             pending = {(r.call_id, r.block_no): r for r in rows if r.block_no is not None}
             now = rows[0].now if rows else None  # business time, read by the locking statement
             events: list[Event] = []
@@ -544,17 +557,8 @@ class Metering:
         started = time.perf_counter()
         now, outage_from, resumed_at = await self._alive()
         charges: list[Charge] = []
-        async with self.engine.begin() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        f"SELECT {_CALL_COLUMNS} FROM billing.calls "
-                        "WHERE deadline_at <= :now AND status IN ('ACTIVE', 'PAUSED') AND charging_block_no IS NULL "
-                        "ORDER BY deadline_at LIMIT :chunk FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"now": now, "chunk": self.claim_chunk},
-                )
-            ).all()
+        async with raw_transaction(self.engine) as conn:
+            rows = await conn.execute(_CLAIM_SQL, {"now": now, "chunk": self.claim_chunk})
             if not rows:
                 return 0, 0
             events: list[Event] = []
