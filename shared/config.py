@@ -212,7 +212,7 @@ def load_settings() -> Settings:
         signature_ttl_seconds=_int("FANBANK_SIGNATURE_TTL_SECONDS", 60, 1, 3600),
         shutdown_grace_seconds=_int("FANBANK_SHUTDOWN_GRACE_SECONDS", 10, 0, 600),
         wallet_batch_max=_int("FANBANK_WALLET_BATCH_MAX", 500, 1, 5000),
-        wallet_committers=_int("FANBANK_WALLET_COMMITTERS", 1, 1, 64),
+        wallet_committers=_int("FANBANK_WALLET_COMMITTERS", 2, 1, 64),
         wallet_hold_sweep_ms=_int("FANBANK_WALLET_HOLD_SWEEP_MS", 1000, 10, 3_600_000),
         background_ms=_int("FANBANK_BACKGROUND_MS", 1000, 0, 3_600_000),
         sweep_after_seconds=_int("FANBANK_SWEEP_AFTER_SECONDS", 60, 1, 86_400),

@@ -270,7 +270,7 @@ class _Scratch:
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine, batch_max: int = 500, committers: int = 1):
+    def __init__(self, engine: AsyncEngine, batch_max: int = 500, committers: int = 2):
         assert batch_max >= 1 and committers >= 1
         self.engine = engine
         self.batch_max = batch_max
@@ -279,34 +279,60 @@ class Ledger:
         # piling unbounded work into memory.
         self._queue: asyncio.Queue[_Waiter] = asyncio.Queue(maxsize=batch_max * committers * 4)
         self._ids: dict[Ref, int] = {}
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._slots = asyncio.Semaphore(committers)
+        self._running = 0  # batches in flight
+        self._changed = asyncio.Event()  # a batch ended, or the queue can fill a batch
+        self._collected = 0  # ops the collector holds for its next batch
         self.statements_in_last_batch = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._tasks = [
-            asyncio.create_task(self._committer(), name=f"wallet-committer-{i}") for i in range(self.committers)
-        ]
+        self._tasks = {asyncio.create_task(self._collector(), name="wallet-collector")}
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        self._tasks = set()
 
     async def submit(self, op: Op) -> Message | bytes:
         """Applies `op` (or finds its earlier answer); answers the response — the message when it was
         made now, its stored bytes when it is a replay — or raises the refusal."""
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Waiter(op, future))
+        if self._running and self._collected + self._queue.qsize() >= self.batch_max:
+            self._changed.set()
         return await future
 
-    async def _committer(self) -> None:
+    async def _collector(self) -> None:
+        """Forms batches and starts each in a committer. A batch starts at once when no other is in
+        flight; beside one in flight only when it is full. Batches in flight at once then only happen
+        under a backlog (a metering tick's thousands of blocks), where each is a whole batch;
+        requests that arrive a few hundred at a time — a hot creator's tips, which would all queue
+        on that creator's account row — make one batch at a time, as large as they come."""
         while True:
             waiters = [await self._queue.get()]
+            while True:
+                while len(waiters) < self.batch_max and not self._queue.empty():
+                    waiters.append(self._queue.get_nowait())
+                if len(waiters) >= self.batch_max or not self._running:
+                    break
+                self._collected = len(waiters)
+                self._changed.clear()
+                await self._changed.wait()
+            self._collected = 0
+            await self._slots.acquire()
             while len(waiters) < self.batch_max and not self._queue.empty():
                 waiters.append(self._queue.get_nowait())
+            self._running += 1
+            task = asyncio.create_task(self._committer(waiters), name="wallet-committer")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _committer(self, waiters: list[_Waiter]) -> None:
+        try:
             try:
                 await self._run(waiters)
             except Exception as exc:
@@ -321,6 +347,10 @@ class Ledger:
                 for waiter in waiters:
                     if not waiter.future.done():
                         waiter.future.set_exception(DomainError(code, reason, "the ledger could not apply this batch"))
+        finally:
+            self._running -= 1
+            self._slots.release()
+            self._changed.set()
 
     def _connection(self):
         """The ledger's transaction on one pooled connection, through psycopg directly (see

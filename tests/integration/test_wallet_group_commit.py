@@ -219,3 +219,50 @@ async def test_two_processes_writing_the_same_ids_at_once_apply_each_once(ledger
     assert holds == 5
     audit = await queries.audit(ledger.engine)
     assert audit.ok, audit.violations
+
+
+async def test_a_second_batch_runs_beside_the_first_only_when_it_is_full():
+    """Two committers: requests that arrive while a batch is in flight wait for it unless they fill
+    a whole batch (a backlog, where a second transaction overlaps the first); a few at a time they
+    make one batch at a time, as large as they come (a hot account's requests would only queue on
+    its row lock)."""
+    ledger = Ledger(engine=None, batch_max=4, committers=2)
+    running: list[list[str]] = []  # the batches in flight, by key
+    overlaps, sizes = [], []
+    release = asyncio.Event()
+
+    async def run(waiters):
+        keys = [w.op.key for w in waiters]
+        sizes.append(len(keys))
+        running.append(keys)
+        overlaps.append(len(running))
+        await release.wait()
+        running.remove(keys)
+        for waiter in waiters:
+            waiter.future.set_result(waiter.op.key)
+
+    ledger._run = run
+    ledger.start()
+    try:
+
+        def submit(*keys):
+            ops = [Op(SCOPE, "TRANSFER", key, {}, None) for key in keys]
+            return [asyncio.ensure_future(ledger.submit(op)) for op in ops]
+
+        first = submit("a")
+        await asyncio.sleep(0.01)
+        assert sizes == [1]  # nothing in flight: starts at once
+        partial = submit("b", "c")
+        await asyncio.sleep(0.01)
+        assert sizes == [1]  # two waiting beside a batch in flight: they wait
+        full = submit("d", "e")
+        await asyncio.sleep(0.01)
+        assert sizes == [1, 4] and overlaps == [1, 2]  # b, c, d, e fill a batch: it runs beside
+        rest = submit("f")
+        await asyncio.sleep(0.01)
+        assert sizes == [1, 4]
+        release.set()
+        assert await asyncio.gather(*first, *partial, *full, *rest) == list("abcdef")
+        assert sizes == [1, 4, 1]
+    finally:
+        await ledger.stop()
