@@ -31,7 +31,7 @@ import datetime as dt
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -302,9 +302,23 @@ class Ledger:
         made now, its stored bytes when it is a replay — or raises the refusal."""
         future = asyncio.get_running_loop().create_future()
         await self._queue.put(_Waiter(op, future))
+        self._queued()
+        return await future
+
+    async def submit_many(self, ops: Sequence[Op]) -> list[Message | bytes | BaseException]:
+        """submit() for each op, without a task per op; answers each op's response or refusal."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for op in ops:
+            future = loop.create_future()
+            await self._queue.put(_Waiter(op, future))
+            futures.append(future)
+        self._queued()
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    def _queued(self) -> None:
         if self._running and self._collected + self._queue.qsize() >= self.batch_max:
             self._changed.set()
-        return await future
 
     async def _collector(self) -> None:
         """Forms batches and starts each in a committer. A batch starts at once when no other is in

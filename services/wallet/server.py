@@ -211,7 +211,7 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
                 group = tuple(item for _, item in members)
                 fields = {"mode": "LINKED", "items": [item.fields() for item in group]}
                 ops.append(Op(scope, "BATCH", key, fields, group))
-        outcomes = await asyncio.gather(*(self.ledger.submit(op) for op in ops), return_exceptions=True)
+        outcomes = await self.ledger.submit_many(ops)
         transfers: dict[int, pb.Transfer | DomainError] = {}
         for (key, members), outcome in zip(units.items(), outcomes, strict=True):
             if isinstance(outcome, BaseException) and not isinstance(outcome, DomainError):
