@@ -48,13 +48,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared import auth
 from shared.clock import NOW_SQL
 from shared.config import Settings
+from shared.convert import optional_timestamp
 from shared.db import RawConn, raw_transaction
 from shared.errors import error_info, reason_of
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
@@ -83,14 +83,6 @@ def block_id(call_id: str, block_no: int) -> str:
     return f"call:{call_id}:block:{block_no}"
 
 
-def ts(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 # Which feeds carry which events. `call:<id>` (the fan's and creator's WatchCall) carries all of them.
 # A creator's feed `creator:<id>` and a media node's `node:<node>` carry the life of each call
 # (started, paused, resumed, ended) and, for the node, the low-balance warning that precedes an
@@ -102,6 +94,11 @@ _LIFE = frozenset(
 _NODE_FEED = _LIFE | {pb.CALL_EVENT_TYPE_LOW_BALANCE_WARNING}
 
 
+_EVENT_NAMES = {
+    value: pb.CallEventType.Name(value).removeprefix("CALL_EVENT_TYPE_") for value in pb.CallEventType.values()
+}
+
+
 def call_events(row, event_type: int, at: dt.datetime, **fields) -> list[Event]:
     """One CallEvent to each channel that carries it (see _LIFE)."""
     event = pb.CallEvent(
@@ -110,11 +107,11 @@ def call_events(row, event_type: int, at: dt.datetime, **fields) -> list[Event]:
         fan_id=row.fan_id,
         creator_id=row.creator_id,
         media_node=row.media_node,
-        event_time=ts(at),
+        event_time=optional_timestamp(at),
         **fields,
     )
     payload = event.SerializeToString()
-    name = pb.CallEventType.Name(event_type).removeprefix("CALL_EVENT_TYPE_")
+    name = _EVENT_NAMES[event_type]
     channels = [f"call:{row.call_id}"]
     if event_type in _LIFE:
         channels.append(f"creator:{row.creator_id}")
@@ -309,6 +306,9 @@ def _in_flight(row) -> Charge:
     )
 
 
+_PLATFORM = wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PLATFORM_REVENUE, asset=wpb.ASSET_TOKEN)
+
+
 def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
     group = block_id(charge.call_id, charge.block_no)
     fan = wpb.AccountRef(owner_id=charge.fan_id, code=wpb.ACCOUNT_CODE_USER_WALLET, asset=wpb.ASSET_TOKEN)
@@ -331,9 +331,8 @@ def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
             )
         )
     if charge.fee > 0:
-        platform = wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PLATFORM_REVENUE, asset=wpb.ASSET_TOKEN)
         specs.append(
-            wpb.TransferSpec(transfer_id=f"{group}:fee", debit=fan, credit=platform, amount=charge.fee, **common)
+            wpb.TransferSpec(transfer_id=f"{group}:fee", debit=fan, credit=_PLATFORM, amount=charge.fee, **common)
         )
     return specs
 

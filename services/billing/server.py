@@ -23,11 +23,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.billing import metering
-from services.billing.metering import Charge, Metering, call_events, end_params, ts, write_rows
+from services.billing.metering import Charge, Metering, call_events, end_params, write_rows
 from shared import auth, client, paging
 from shared.auth import Principal
 from shared.clock import NOW_SQL
 from shared.config import DEV_LIVEKIT_API_SECRET, Settings
+from shared.convert import optional_timestamp
 from shared.errors import DomainError, denied, invalid, not_found, precondition, unauthenticated
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.billing.v1 import billing_service_pb2_grpc as pb_grpc
@@ -114,9 +115,9 @@ def call_pb(row) -> pb.Call:
         fee_tokens=row.fee_tokens,
         billed_seconds=active_ms // 1000,
         end_reason=pb.EndReason.Value(f"END_REASON_{row.end_reason}") if row.end_reason else 0,
-        start_time=ts(row.started_at),
-        end_time=ts(row.ended_at) if ended else None,
-        next_block_time=ts(row.next_block_at) if row.status == "ACTIVE" else None,
+        start_time=optional_timestamp(row.started_at),
+        end_time=optional_timestamp(row.ended_at) if ended else None,
+        next_block_time=optional_timestamp(row.next_block_at) if row.status == "ACTIVE" else None,
     )
 
 
@@ -193,7 +194,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             creator_id=row.creator_id,
             rate_tokens_per_minute=row.rate_tokens_per_minute,
             available=row.available,
-            update_time=ts(row.updated_at),
+            update_time=optional_timestamp(row.updated_at),
         )
 
     async def _settings(self, creator_id: str):

@@ -22,11 +22,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.gifts import rules, support
-from services.gifts.support import SCHEMA, Answer, Draft, Payments, RateLimiter, SoldGift, ts
+from services.gifts.support import SCHEMA, Answer, Draft, Payments, RateLimiter, SoldGift
 from shared import auth, client, paging
 from shared.auth import Principal
 from shared.clock import NOW_SQL
 from shared.config import Settings
+from shared.convert import optional_timestamp
 from shared.errors import DomainError, already_exists, denied, invalid, not_found, precondition
 from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as epb
 from shared.gen.fanbank.gifts.v1 import gifts_service_pb2 as pb
@@ -73,8 +74,8 @@ def gift_pb(row) -> pb.Gift:
         sort_order=row.sort_order,
         image_url=row.image_url,
         animation_url=row.animation_url,
-        create_time=ts(row.created_at),
-        update_time=ts(row.updated_at),
+        create_time=optional_timestamp(row.created_at),
+        update_time=optional_timestamp(row.updated_at),
     )
 
 
@@ -99,8 +100,8 @@ def tip_pb(row) -> pb.Tip:
         quantity=row.quantity or 0,
         unit_price_tokens=row.unit_price_tokens or 0,
         failure_reason=row.failure_reason or "",
-        create_time=ts(row.created_at),
-        complete_time=ts(row.completed_at) if row.status != "PENDING" else None,
+        create_time=optional_timestamp(row.created_at),
+        complete_time=optional_timestamp(row.completed_at) if row.status != "PENDING" else None,
     )
 
 
@@ -113,8 +114,8 @@ def goal_pb(row) -> pb.Goal:
         target_tokens=row.target_tokens,
         progress_tokens=row.progress_tokens,
         reached=row.reached_at is not None,
-        create_time=ts(row.created_at),
-        reach_time=ts(row.reached_at),
+        create_time=optional_timestamp(row.created_at),
+        reach_time=optional_timestamp(row.reached_at),
     )
 
 
@@ -671,7 +672,9 @@ class GiftsServicer(pb_grpc.GiftsServiceServicer):
                     ),
                     {"c": creator, "h": rules.overlay_token_hash(token), "nonce": nonce, "at": inserted.rotated_at},
                 )
-                return pb.RotateOverlayTokenResponse(overlay_token=token, rotate_time=ts(inserted.rotated_at))
+                return pb.RotateOverlayTokenResponse(
+                    overlay_token=token, rotate_time=optional_timestamp(inserted.rotated_at)
+                )
             earlier = (
                 await conn.execute(
                     text(
@@ -688,7 +691,7 @@ class GiftsServicer(pb_grpc.GiftsServiceServicer):
             raise precondition("OVERLAY_TOKEN_SUPERSEDED", "this rotation's token was rotated again since")
         return pb.RotateOverlayTokenResponse(
             overlay_token=rules.overlay_token(self.overlay_key, creator, earlier.nonce),
-            rotate_time=ts(earlier.rotated_at),
+            rotate_time=optional_timestamp(earlier.rotated_at),
         )
 
     async def ResolveOverlayToken(self, request, context):

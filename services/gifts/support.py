@@ -41,7 +41,6 @@ from dataclasses import dataclass
 
 import grpc
 import psycopg
-from google.protobuf.timestamp_pb2 import Timestamp
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import text
@@ -51,6 +50,7 @@ from services.gifts import rules
 from shared import auth
 from shared.buckets import Bucket, Buckets
 from shared.clock import NOW_SQL
+from shared.convert import optional_timestamp
 from shared.db import raw_transaction
 from shared.errors import DomainError, already_exists, error_info, precondition
 from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as epb
@@ -74,14 +74,6 @@ RETRY_DELAY_MS = 1_000
 SETTLE_ATTEMPTS = 3
 
 _EVENT_TYPES = {"TIP": epb.GIFT_EVENT_TYPE_TIP, "GIFT": epb.GIFT_EVENT_TYPE_GIFT, "LIKE": epb.GIFT_EVENT_TYPE_LIKE_TIP}
-
-
-def ts(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
 
 
 def outcome_unknown() -> DomainError:
@@ -904,7 +896,7 @@ def _gift_event(row, event_type: int, **fields) -> epb.GiftEvent:
         sender_id=row.sender_id,
         context_type=row.context_type,
         context_id=row.context_id,
-        event_time=ts(row.created_at),
+        event_time=optional_timestamp(row.created_at),
         **fields,
     )
 

@@ -22,7 +22,6 @@ import logging
 import uuid
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -32,6 +31,7 @@ from shared import auth, client, paging
 from shared.auth import Principal
 from shared.clock import NOW_SQL
 from shared.config import Settings
+from shared.convert import optional_timestamp
 from shared.errors import DomainError, denied, invalid, not_found, precondition
 from shared.gen.fanbank.streams.v1 import streams_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2_grpc as wallet_grpc
@@ -78,14 +78,6 @@ _SELECT_STREAM = (
 _LOCK_STREAM = text(f"SELECT s.*, {NOW_SQL} AS now FROM streams.streams s WHERE stream_id = :id FOR UPDATE")
 
 
-def _ts(value: dt.datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
-
-
 def stream_pb(row) -> pb.Stream:
     return pb.Stream(
         stream_id=row.stream_id,
@@ -99,11 +91,11 @@ def stream_pb(row) -> pb.Stream:
         invite_only=row.invite_only,
         tickets_sold=row.tickets_sold,
         viewer_count=row.viewer_count,
-        scheduled_start_time=_ts(row.scheduled_start_at),
-        create_time=_ts(row.created_at),
-        start_time=_ts(row.started_at),
-        end_time=_ts(row.ended_at),
-        cancel_time=_ts(row.cancelled_at),
+        scheduled_start_time=optional_timestamp(row.scheduled_start_at),
+        create_time=optional_timestamp(row.created_at),
+        start_time=optional_timestamp(row.started_at),
+        end_time=optional_timestamp(row.ended_at),
+        cancel_time=optional_timestamp(row.cancelled_at),
     )
 
 
@@ -118,8 +110,8 @@ def ticket_pb(row) -> pb.Ticket:
         fee_bps=row.fee_bps,
         status=_TICKET_STATUS.get(row.status, pb.TICKET_STATUS_UNSPECIFIED),
         refund_failure_reason=(row.failure_reason or "") if row.status == "REFUND_FAILED" else "",
-        purchase_time=_ts(row.settled_at),
-        refund_time=_ts(row.refunded_at),
+        purchase_time=optional_timestamp(row.settled_at),
+        refund_time=optional_timestamp(row.refunded_at),
     )
 
 
@@ -807,7 +799,7 @@ class StreamsServicer:
             count = await conn.scalar(
                 text("SELECT count(*) FROM streams.viewers WHERE stream_id = :s"), {"s": row.stream_id}
             )
-        return pb.JoinStreamResponse(viewer_count=count, presence_expire_time=_ts(expires))
+        return pb.JoinStreamResponse(viewer_count=count, presence_expire_time=optional_timestamp(expires))
 
     async def LeaveStream(self, request, context):
         principal = auth.principal()

@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared import auth
 from shared.clock import NOW_SQL
+from shared.convert import timestamp
 from shared.errors import error_info
 from shared.gen.fanbank.streams.v1 import streams_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -150,8 +151,9 @@ def is_definite(error: grpc.aio.AioRpcError) -> bool:
 
 
 def stream_event(stream_id: str, creator_id: str, event_type: int, at: dt.datetime, **fields) -> Event:
-    event = pb.StreamEvent(type=event_type, stream_id=stream_id, creator_id=creator_id, **fields)
-    event.event_time.FromDatetime(at)
+    event = pb.StreamEvent(
+        type=event_type, stream_id=stream_id, creator_id=creator_id, event_time=timestamp(at), **fields
+    )
     name = pb.StreamEventType.Name(event_type).removeprefix("STREAM_EVENT_TYPE_")
     return Event(f"stream:{stream_id}", name, event.SerializeToString())
 

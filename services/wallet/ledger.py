@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 import grpc
 import psycopg
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import status_pb2
 from psycopg import errors as pg_errors
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -180,6 +182,11 @@ class _Batch:
     ids: dict[Ref, int] = field(default_factory=dict)
     used_new: set[int] = field(default_factory=set)
     created: list[_Account] = field(default_factory=list)
+
+    @functools.cached_property
+    def create_time(self) -> Timestamp:
+        """`now` as the create_time of what the batch makes (copied into each message)."""
+        return timestamp(self.now)
 
     def next_transfer_id(self) -> int:
         return self.transfer_ids.pop()
@@ -447,16 +454,17 @@ class Ledger:
                 needed = sum(len(postings) for postings in originals.values())
                 transfer_ids += await self._reserve_transfer_ids(conn, needed)
                 statements += 2
-            account_ids, unknown_refs = self._accounts_named(todo, holds, originals)
+            named = [_refs_of(op) for op in todo]
+            account_ids, unknown_refs = self._accounts_named(named, holds, originals)
             accounts, now = await self._lock_accounts(conn, account_ids, unknown_refs)
             statements += 1
             batch = _Batch(now, accounts, transfer_ids, holds, originals)
             batch.ids = {account.ref: account.id for account in accounts.values()}
             answers: list[tuple[Op, int, bool, bytes]] = []
-            for op in todo:
+            for op, refs in zip(todo, named, strict=True):
                 row_id = rows[op.identity]
                 try:
-                    self._check_accounts(batch, op)
+                    self._check_accounts(batch, op, refs)
                     response = self._apply(batch, op, row_id)
                     answers.append((op, row_id, True, response.SerializeToString()))
                     results[op.identity] = (True, response)
@@ -597,13 +605,16 @@ class Ledger:
             )
         return originals
 
-    def _accounts_named(self, ops: list[Op], holds: dict, originals: dict) -> tuple[set[int], set[Ref]]:
-        """The ids of the accounts a batch touches that this process knows, and the natural keys of
-        those it does not (looked up, and locked, by the same statement)."""
+    def _accounts_named(
+        self, named: list[list[tuple[Ref, bool]]], holds: dict, originals: dict
+    ) -> tuple[set[int], set[Ref]]:
+        """The ids of the accounts a batch touches (`named`: each op's `_refs_of`, plus its holds
+        and originals) that this process knows, and the natural keys of those it does not (looked
+        up, and locked, by the same statement)."""
         ids: set[int] = set()
         unknown: set[Ref] = set()
-        for op in ops:
-            for ref, _ in _refs_of(op):
+        for refs in named:
+            for ref, _ in refs:
                 account_id = self._ids.get(ref)
                 if account_id is None:
                     unknown.add(ref)
@@ -616,12 +627,12 @@ class Ledger:
                 ids.update((posting.debit, posting.credit))
         return ids, unknown
 
-    def _check_accounts(self, batch: _Batch, op: Op) -> None:
+    def _check_accounts(self, batch: _Batch, op: Op, refs: list[tuple[Ref, bool]]) -> None:
         """A missing account an op may create (a credit, a system account) becomes a new account of
         the batch, written only if an op that uses it succeeds; an op whose debit account does not
         exist is refused and changes nothing. An account that an item of the same linked batch
-        credits counts as existing for the others (funding then spending in one batch)."""
-        refs = _refs_of(op)
+        credits counts as existing for the others (funding then spending in one batch). `refs` is
+        `_refs_of(op)`."""
         credited = {ref for ref, creatable in refs if creatable}
         unknown = [ref for ref, creatable in refs if not creatable and ref not in batch.ids and ref not in credited]
         if op.kind in ("TRANSFER", "BATCH"):
@@ -841,14 +852,14 @@ class Ledger:
         self, batch, transfer_id, debit, credit, amount, code, ctype, cid, cp, fee, postings
     ) -> pb.Transfer:
         transfer = pb.Transfer(
-            transfer_id=transfer_id, debit=debit.to_pb(), credit=credit.to_pb(), amount=amount,
+            transfer_id=transfer_id, debit=_ref_pb(debit), credit=_ref_pb(credit), amount=amount,
             code=model.TRANSFER_CODE_ENUM[code], context_type=ctype, context_id=cid, counterparty_id=cp,
-            fee_bps=fee, create_time=timestamp(batch.now),
+            fee_bps=fee, create_time=batch.create_time,
         )  # fmt: skip
         for posting in postings:
             transfer.postings.add(
-                debit=batch.accounts[posting.debit].ref.to_pb(),
-                credit=batch.accounts[posting.credit].ref.to_pb(),
+                debit=_ref_pb(batch.accounts[posting.debit].ref),
+                credit=_ref_pb(batch.accounts[posting.credit].ref),
                 amount=posting.amount,
                 funding=model.FUNDING_ENUM[posting.funding],
             )
@@ -1028,6 +1039,13 @@ def _json(rows: list) -> str:
 
 def _funding_of(ref: Ref) -> str:
     return ref.code.removeprefix("USER_") if ref.code in (model.PROMOTIONAL, model.PURCHASED) else "NONE"
+
+
+@functools.lru_cache(maxsize=65_536)
+def _ref_pb(ref: Ref) -> pb.AccountRef:
+    """`ref.to_pb()`, made once per account: a message field assigned from it gets a copy, so the
+    shared message is never changed."""
+    return ref.to_pb()
 
 
 def _refs_of(op: Op) -> list[tuple[Ref, bool]]:

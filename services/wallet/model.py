@@ -6,6 +6,7 @@ and the ledger applies them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from shared.errors import invalid
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
@@ -50,9 +51,9 @@ REVERSAL_CODES = frozenset({"REFUND", "CLAWBACK", "REVERSAL"})
 FUNDING_ENUM = {"NONE": pb.FUNDING_NONE, "PROMOTIONAL": pb.FUNDING_PROMOTIONAL, "PURCHASED": pb.FUNDING_PURCHASED}
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Ref:
-    """An account's natural key, in the ledger's text form."""
+class Ref(NamedTuple):
+    """An account's natural key, in the ledger's text form. A named tuple rather than a frozen
+    dataclass: a batch makes and hashes a few per item, and a tuple's are C (a third of the cost)."""
 
     owner_id: str
     asset: str
@@ -69,8 +70,7 @@ class Ref:
         return [self.owner_id, self.asset, self.code]
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     """One validated transfer of a request (a single Transfer, or one item of a batch)."""
 
     transfer_id: str
