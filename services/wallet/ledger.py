@@ -773,16 +773,19 @@ class Ledger:
             # docstring): a key another process wrote meanwhile is skipped, and the count tells.
             parts.append(
                 "o AS (INSERT INTO wallet.operations (id, scope, kind, key, request, ok, response, created_at)"
-                " SELECT (r->>0)::bigint, r->>1, r->>2, r->>3, r->4, (r->>5)::boolean, decode(r->>6, 'hex'),"
+                " SELECT (r->>0)::bigint, r->>1, r->>2, r->>3, r->4, (r->>5)::boolean,"
+                " substring(CAST(:answers AS bytea) FROM (r->>6)::int FOR (r->>7)::int),"
                 " CAST(:now AS timestamptz) FROM jsonb_array_elements(CAST(:o AS jsonb)) AS r"
                 " ORDER BY r->>1, r->>2, r->>3 ON CONFLICT (scope, kind, key) DO NOTHING RETURNING 1)"
             )
-            params["o"] = _json(
-                [
-                    [row_id, op.scope, op.kind, op.key, op.fields, ok, response.hex()]
-                    for op, row_id, ok, response in sorted(answers, key=lambda a: a[0].identity)
-                ]
-            )
+            # The answers travel as one bytea, each row naming its slice: escaping them as JSON text
+            # cost as much as encoding the rest of the row.
+            rows, blob, start = [], [], 1
+            for op, row_id, ok, response in sorted(answers, key=lambda a: a[0].identity):
+                rows.append([row_id, op.scope, op.kind, op.key, op.fields, ok, start, len(response)])
+                blob.append(response)
+                start += len(response)
+            params["o"], params["answers"] = _json(rows), b"".join(blob)
         select = "SELECT (SELECT count(*) FROM o)" if answers else "SELECT 0"
         if batch.touched:
             payload = json.dumps(sorted(f"{o}|{a}" for o, a in batch.touched))
