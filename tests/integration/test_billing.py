@@ -393,6 +393,71 @@ async def test_sweeper_finishes_a_block_left_pending(env):
     await audit_ok(env)
 
 
+async def _in_flight(env: Env, call_id: str) -> tuple:
+    async with env.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT charging_block_no, deadline_at FROM billing.calls WHERE call_id = :c"), {"c": call_id}
+            )
+        ).one()
+    return tuple(row)
+
+
+async def _leave_in_flight(env: Env, call_id: str, block_no: int) -> dt.datetime:
+    """Ticks the call's block `block_no`, the process dying between Wallet and the settle; answers
+    the deadline the charge keeps while in flight."""
+    meter = env.service.metering
+    settle, meter.settle = meter.settle, _crash
+    try:
+        with pytest.raises(RuntimeError):
+            await meter.tick()
+    finally:
+        meter.settle = settle
+    charging, deadline = await _in_flight(env, call_id)
+    assert charging == block_no
+    return deadline
+
+
+async def test_a_charge_in_flight_outlives_heartbeat_pause_resume_and_end(env):
+    """While its block is in flight a call keeps the deadline it was claimed at, whatever happens
+    to it, so the sweeper finds the charge; its settle then applies the call's state of that moment
+    (a pause keeps the block's unused part, an end keeps the block paid)."""
+    fan, c = uid("fan"), await creator(env)
+    await fund(env, fan, 1000)
+    call = await start(env, fan, c)
+    await env.clock.advance(BLOCK)
+    await heartbeat(env, call.call_id)
+    claimed = await _leave_in_flight(env, call.call_id, 1)
+    await env.clock.advance(dt.timedelta(seconds=5))
+    await heartbeat(env, call.call_id)
+    await env.billing.PauseCall(bpb.PauseCallRequest(request_id=uid("p"), call_id=call.call_id))
+    assert await _in_flight(env, call.call_id) == (1, claimed)
+    await env.service.metering.tick()  # nothing to do: the call's block is in flight
+    assert await env.service.metering.sweep() == 0  # not yet older than the sweeper's lease
+    assert await env.service.metering.sweep(dt.timedelta(seconds=5)) == 1
+    got = await get(env, call.call_id)
+    assert (got.status, got.blocks_charged) == (bpb.CALL_STATUS_PAUSED, 2)
+    await env.billing.ResumeCall(bpb.ResumeCallRequest(request_id=uid("r"), call_id=call.call_id))
+    # 25 s of block 1 were unused at the pause: block 2 is due 25 s after the resume.
+    await advance(env, dt.timedelta(seconds=24), beat=[call.call_id])
+    assert (await get(env, call.call_id)).blocks_charged == 2
+    await advance(env, dt.timedelta(seconds=1), beat=[call.call_id])
+    assert (await get(env, call.call_id)).blocks_charged == 3
+    # Block 3 in flight, then the fan hangs up: the block began before the end and stays paid.
+    await env.clock.advance(BLOCK)
+    await heartbeat(env, call.call_id)
+    claimed = await _leave_in_flight(env, call.call_id, 3)
+    ended = (await env.billing.EndCall(bpb.EndCallRequest(request_id=uid("e"), call_id=call.call_id))).call
+    assert ended.status == bpb.CALL_STATUS_ENDED
+    assert await _in_flight(env, call.call_id) == (3, claimed)
+    assert await env.service.metering.sweep(dt.timedelta(0)) == 1
+    got = await get(env, call.call_id)
+    assert (got.status, got.blocks_charged, got.tokens_charged) == (bpb.CALL_STATUS_ENDED, 4, 200)
+    assert await _in_flight(env, call.call_id) == (None, None)
+    assert (await balance(env, fan)).spendable_available == 800
+    await audit_ok(env)
+
+
 async def test_a_refused_block_of_a_call_ended_meanwhile_is_released(env):
     """The sweeper re-drives a block whose first settle died; by then the call has ended. Wallet
     refuses the block again (the fan ran out): the call lets go of the charge."""
