@@ -145,6 +145,21 @@ async def test_rollback_publishes_nothing_and_commit_publishes_in_order(engine, 
     assert await watermark(engine, ch) == 3
 
 
+async def test_payloads_of_any_size_keep_their_bytes(engine, redis, relay):
+    """append() sends each list as one string or one bytea that the statement splits again."""
+    a, b = channel(), channel()
+    sent = [Event(a, "TipSent", b""), Event(b, "GiftSent", bytes(range(256)) * 3), Event(a, "TipSent", b" \x00 ")]
+    async with engine.begin() as conn:
+        assert await append(conn, SCHEMA, sent) == [(a, 1), (b, 1), (a, 2)]
+    await publish_all(relay)
+    assert await stream(redis, a) == [(1, b"TipSent", b""), (2, b"TipSent", b" \x00 ")]
+    assert await stream(redis, b) == [(1, b"GiftSent", bytes(range(256)) * 3)]
+    with pytest.raises(ValueError):
+        Event(f"{a} x", "TipSent", b"1")  # what the statement splits on can never be in a name
+    with pytest.raises(ValueError):
+        Event(a, "Tip Sent", b"1")
+
+
 async def test_seqs_gapless_and_ordered_under_concurrency(engine, redis, relay):
     channels = [channel("creator") for _ in range(3)]
     rng = random.Random(7)
