@@ -25,10 +25,13 @@ Low balance: Wallet answers each transfer with what the payer can still spend ri
 (`debit_available_after`); below `warning_blocks` blocks the fan is warned once, and the next
 block's refusal ends the call with INSUFFICIENT_FUNDS at that block's start. No balance reads.
 
-Throughput: a round's writes are one set-based statement per kind (rows as one JSON parameter), a
-round pays through at most MAX_GROUPS_PER_RPC blocks per BatchTransfer with WALLET_RPCS_IN_FLIGHT
-at once, and `billing_rounds_in_flight` rounds run at once in a process, so Billing's database work
-overlaps Wallet's. `fanbank bench metering` measures a tick (services/billing/bench.py).
+Throughput: a round's writes are one set-based statement per kind (rows as one JSON parameter),
+and the settle's usual case (a charged block of an ACTIVE call, no warning due) is one UPDATE …
+RETURNING computing the call's next state in SQL, everything else taking the general way through
+`_settle_one`; the claim and the settle run on raw psycopg transactions. A round pays through at
+most MAX_GROUPS_PER_RPC blocks per BatchTransfer with WALLET_RPCS_IN_FLIGHT at once, and
+`billing_rounds_in_flight` rounds run at once in a process, so Billing's database work overlaps
+Wallet's. `fanbank bench metering` measures a tick (services/billing/bench.py).
 
 Starts: only the StartCall request (or its replay with the same request id) turns a STARTING call
 ACTIVE, because only then is the fan told. If Wallet cannot be reached, StartCall answers
