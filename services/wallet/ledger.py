@@ -1,8 +1,10 @@
 """The ledger engine: every mutating Wallet request is an `Op`, applied exactly once per
 (scope, kind, key) by a group committer.
 
-Concurrent requests queue up; a committer takes up to `batch_max` of them and applies them all in
-one PostgreSQL transaction with a constant number of statements whatever the batch size:
+Concurrent requests queue up; a collector forms batches of up to `batch_max` of them, and a
+committer applies each batch in one PostgreSQL transaction with a constant number of statements
+whatever its size (up to `committers` batches at once, a second only when it is full; see
+`_collector`):
 
 1. read the idempotency rows the batch's ops already have (those answer with the stored response,
    or are refused as a reused id) and reserve operation and transfer ids from their sequences;
