@@ -537,6 +537,11 @@ class Hub:
     def channel_count(self) -> int:
         return len(self._channels)
 
+    def subscribers_of(self, channel: str) -> int:
+        """Local subscribers of `channel`; once one is counted, its "from now" is fixed."""
+        state = self._channels.get(channel)
+        return len(state.subscribers) if state is not None else 0
+
     def start(self) -> None:
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._read_loop(), name="watch-hub-reader")

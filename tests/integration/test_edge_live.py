@@ -26,6 +26,7 @@ from services.edge.token import mint
 from shared.config import DEV_LIVEKIT_API_KEY, DEV_LIVEKIT_API_SECRET
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as bpb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
+from shared.watch import Hub
 from tests.harness import Caller, migrated_engine, running, settings_for
 from tests.integration.test_edge import _until, error_of, next_data, serving, sse_events
 
@@ -49,6 +50,7 @@ class Live:
     app: object
     platform: Caller  # the platform's backend: funds fans, sets up calls
     billing_platform: Caller
+    gifts_hub: Hub  # the Gifts process's live-events hub
 
     def auth(self, user: str, *roles: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {mint(self.settings, user, roles)}"}
@@ -98,8 +100,9 @@ async def live_stack(database_url, redis_url, **overrides):
     async with contextlib.AsyncExitStack() as stack:
         wallet_target, _ = await stack.enter_async_context(running("wallet", base, engine))
         settings = dataclasses.replace(base, addresses={**base.addresses, "wallet": wallet_target})
+        services = {}
         for name in ("gifts", "billing", "streams"):
-            target, _ = await stack.enter_async_context(running(name, settings, engine))
+            target, services[name] = await stack.enter_async_context(running(name, settings, engine))
             settings = dataclasses.replace(settings, addresses={**settings.addresses, name: target})
         app = build_app(settings, keepalive_seconds=0.5)
         http, _ = await stack.enter_async_context(serving(settings, app))
@@ -107,7 +110,7 @@ async def live_stack(database_url, redis_url, **overrides):
         billing_platform = Caller(settings, settings.addresses["billing"])
         stack.push_async_callback(platform.close)
         stack.push_async_callback(billing_platform.close)
-        yield Live(settings, http, app, platform, billing_platform)
+        yield Live(settings, http, app, platform, billing_platform, services["gifts"].live.hub)
     await engine.dispose()
 
 
@@ -482,8 +485,10 @@ async def test_overlay_in_a_browser_shows_alerts_as_text(live, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             await page.goto(f"{live.http.base_url}/overlay/{token}?hold=1000")
-            # The feed is open once the edge holds its stream (the page has no other way to say so).
+            # The feed is open once the edge holds its stream and Gifts has subscribed it (from then on,
+            # "now" is fixed); the page has no other way to say so.
             await _until_streams(live, 1)
+            await _until_subscribed(live, f"alerts:{creator}")
             await live.tip(fan, creator, 42, message="great show", name="Ann", stream=stream)
             alert = page.locator(".alert", has_text="Ann")
             await alert.wait_for(timeout=15_000)
@@ -517,6 +522,14 @@ async def test_overlay_in_a_browser_shows_alerts_as_text(live, tmp_path):
             assert dialogs == [] and errors == []
         finally:
             await browser.close()
+
+
+async def _until_subscribed(live, channel: str) -> None:
+    for _ in range(1000):
+        if live.gifts_hub.subscribers_of(channel):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"Gifts never subscribed {channel}")
 
 
 async def _until_streams(live, count: int) -> None:
