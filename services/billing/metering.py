@@ -4,9 +4,9 @@ Every block charge follows the intent pattern, with the call's own row as the in
 transaction claims due calls with `FOR UPDATE SKIP LOCKED` and marks each as charging its next
 block (`charging_block_no`, the block's start, when the charge began), so a replica never picks a
 call another replica is charging and the sweeper can re-drive the charge; (2) one
-`Wallet.BatchTransfer` per ≤ 500 blocks, independent items, each block one group (creator leg + fee leg) whose group id is the
-block's derived id `call:<call_id>:block:<n>`, so a retry or a re-drive can never charge twice;
-(3) one transaction settles the charges still in flight on their calls (a settle that lost the race
+`Wallet.BatchTransfer` per ≤ 500 blocks, independent items, each block one group (creator leg +
+fee leg) whose group id is the block's derived id `call:<call_id>:block:<n>`, so a retry or a
+re-drive can never charge twice; (3) one transaction settles the charges still in flight on their calls (a settle that lost the race
 to the sweeper changes nothing), advances the calls and appends their events to the outbox.
 
 What is owed: a block is charged only if, at its nominal start, the call was active, not paused,
