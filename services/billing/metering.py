@@ -6,8 +6,9 @@ block (`charging_block_no`, the block's start, when the charge began), so a repl
 call another replica is charging and the sweeper can re-drive the charge; (2) one
 `Wallet.BatchTransfer` per ≤ 500 blocks, independent items, each block one group (creator leg +
 fee leg) whose group id is the block's derived id `call:<call_id>:block:<n>`, so a retry or a
-re-drive can never charge twice; (3) one transaction settles the charges still in flight on their calls (a settle that lost the race
-to the sweeper changes nothing), advances the calls and appends their events to the outbox.
+re-drive can never charge twice; (3) one transaction settles the charges still in flight on their
+calls (a settle that lost the race to the sweeper changes nothing), advances the calls and appends
+their events to the outbox.
 
 What is owed: a block is charged only if, at its nominal start, the call was active, not paused,
 and had a heartbeat within the grace. The grace counts from the later of the last heartbeat and
