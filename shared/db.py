@@ -59,6 +59,13 @@ def make_engine(url: str, pool_size: int) -> AsyncEngine:
 _PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
+def joined(values) -> str:
+    """Many scalars (ids, numbers; never holding a space) as one text parameter, split in SQL by
+    `string_to_array(:p, ' ')` (cast to bigint[] where they are numbers). psycopg dumps a list
+    element by element in Python; a string goes at once."""
+    return " ".join(map(str, values))
+
+
 @functools.cache
 def psycopg_sql(statement: str) -> str:
     """`:name` parameters (as SQLAlchemy writes them) in psycopg's `%(name)s` style, converted once

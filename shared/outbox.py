@@ -56,7 +56,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from shared.clock import NOW_SQL
-from shared.db import RawConn
+from shared.db import RawConn, joined
 
 log = logging.getLogger(__name__)
 
@@ -329,8 +329,8 @@ async def append(conn: AsyncConnection | RawConn, schema: str, events: Sequence[
         "channels": channels,
         "types": types,
         "payloads": b"".join(e.payload for e in events),
-        "starts": " ".join(map(str, starts)),
-        "sizes": " ".join(map(str, sizes)),
+        "starts": joined(starts),
+        "sizes": joined(sizes),
     }
     if isinstance(conn, RawConn):
         rows = await conn.fetch(_sql(schema).append_raw, params)

@@ -59,7 +59,7 @@ from shared import auth
 from shared.clock import NOW_SQL
 from shared.config import Settings
 from shared.convert import optional_timestamp
-from shared.db import RawConn, raw_transaction
+from shared.db import RawConn, joined, raw_transaction
 from shared.errors import error_info, reason_of
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -158,9 +158,8 @@ def _json_default(value):
 
 
 def _ids(call_ids) -> str:
-    """Call ids as one parameter for `string_to_array(:ids, ' ')` (ids never hold a space): psycopg
-    dumps a list element by element in Python, a string at once."""
-    return " ".join(sorted(set(call_ids)))
+    """Distinct call ids, sorted, as one parameter for `string_to_array(:ids, ' ')`."""
+    return joined(sorted(set(call_ids)))
 
 
 def _rows_param(rows: Sequence[dict], columns: dict[str, str]) -> dict[str, object]:
@@ -298,9 +297,6 @@ _SETTLE_CHARGED_SQL = f"""
 
 
 def _charged_params(outcomes: Sequence[Outcome]) -> dict[str, str]:
-    def joined(values) -> str:
-        return " ".join(map(str, values))
-
     return {
         "ids": joined(o.charge.call_id for o in outcomes),
         "blocks": joined(o.charge.block_no for o in outcomes),

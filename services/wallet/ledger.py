@@ -49,7 +49,7 @@ from services.wallet import model
 from services.wallet.model import Adjustment, HoldSpec, Item, Op, Ref, Resolution, Reversal
 from shared.clock import NOW_SQL
 from shared.convert import timestamp
-from shared.db import RawConn, raw_transaction
+from shared.db import RawConn, joined, raw_transaction
 from shared.errors import DomainError, already_exists, not_found, precondition
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 
@@ -663,12 +663,12 @@ class Ledger:
         result = await conn.execute(
             f"SELECT {NOW_SQL} AS now, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
             " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts WHERE id IN ("
-            " SELECT unnest(CAST(:ids AS bigint[])) UNION SELECT x.id FROM wallet.accounts x"
+            " SELECT unnest(CAST(string_to_array(:ids, ' ') AS bigint[])) UNION SELECT x.id FROM wallet.accounts x"
             " JOIN unnest(CAST(:o AS text[]), CAST(:s AS text[]), CAST(:c AS text[])) AS u(o, s, c)"
             " ON x.owner_id = u.o AND x.asset = u.s AND x.code = u.c)"
             " ORDER BY id FOR UPDATE) a ON true",
             {
-                "ids": sorted(ids),
+                "ids": joined(sorted(ids)),
                 "o": [r.owner_id for r in refs_sorted],
                 "s": [r.asset for r in refs_sorted],
                 "c": [r.code for r in refs_sorted],
@@ -680,7 +680,8 @@ class Ledger:
             now = row.now
             if row.id is not None:
                 ref = Ref(row.owner_id, row.asset, row.code)
-                self._remember(row.id, ref)
+                if row.id not in ids:
+                    self._remember(row.id, ref)
                 accounts[row.id] = _Account(row.id, ref, row.posted, row.pending)
         assert now is not None
         return accounts, now
@@ -718,12 +719,15 @@ class Ledger:
         accounts = sorted((a for a in batch.accounts.values() if a.id not in created), key=lambda a: a.id)
         if accounts:
             parts.append(
-                "a AS (UPDATE wallet.accounts x SET posted = u.p, pending = u.q FROM unnest(CAST(:a_id AS bigint[]),"
-                " CAST(:a_p AS bigint[]), CAST(:a_q AS bigint[])) AS u(id, p, q)"
+                "a AS (UPDATE wallet.accounts x SET posted = u.p, pending = u.q FROM unnest("
+                "CAST(string_to_array(:a_id, ' ') AS bigint[]), CAST(string_to_array(:a_p, ' ') AS bigint[]),"
+                " CAST(string_to_array(:a_q, ' ') AS bigint[])) AS u(id, p, q)"
                 " WHERE x.id = u.id AND (x.posted <> u.p OR x.pending <> u.q))"
             )
             params.update(
-                a_id=[a.id for a in accounts], a_p=[a.posted for a in accounts], a_q=[a.pending for a in accounts]
+                a_id=joined(a.id for a in accounts),
+                a_p=joined(a.posted for a in accounts),
+                a_q=joined(a.pending for a in accounts),
             )
         if batch.reversed:
             parts.append(

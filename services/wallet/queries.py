@@ -309,6 +309,19 @@ _VIOLATION_QUERIES = (
         " GROUP BY account_id) e ON e.account_id = a.id WHERE a.posted <> coalesce(e.s, 0)",
     ),
     (
+        # The references the write path no longer has the database check (migrations 0002, 0005).
+        "DANGLING_REFERENCE",
+        "SELECT format('transfer %s names account %s, which does not exist', t.id, x.id)"
+        " FROM wallet.transfers t CROSS JOIN LATERAL (VALUES (t.debit_account_id), (t.credit_account_id)) x(id)"
+        " WHERE NOT EXISTS (SELECT 1 FROM wallet.accounts a WHERE a.id = x.id)"
+        " UNION ALL SELECT format('transfer %s names operation %s, which does not exist', t.id, t.operation_id)"
+        " FROM wallet.transfers t WHERE NOT EXISTS (SELECT 1 FROM wallet.operations o WHERE o.id = t.operation_id)"
+        " UNION ALL SELECT format('entry %s names transfer %s, which does not exist', e.id, e.transfer_id)"
+        " FROM wallet.entries e WHERE NOT EXISTS (SELECT 1 FROM wallet.transfers t WHERE t.id = e.transfer_id)"
+        " UNION ALL SELECT format('entry %s names account %s, which does not exist', e.id, e.account_id)"
+        " FROM wallet.entries e WHERE NOT EXISTS (SELECT 1 FROM wallet.accounts a WHERE a.id = e.account_id)",
+    ),
+    (
         "REVERSED_MISMATCH",
         "SELECT format('transfer %s: reversed_amount %s, reversals %s', t.id, t.reversed_amount, coalesce(r.s, 0))"
         " FROM wallet.transfers t LEFT JOIN (SELECT reverses_transfer_id AS id, sum(amount) AS s"
