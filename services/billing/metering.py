@@ -258,11 +258,29 @@ _ROWS_SQL = {
 }
 
 
-_CLAIM_SQL = (
-    f"SELECT {_CALL_COLUMNS} FROM billing.calls "
-    "WHERE deadline_at <= :now AND status IN ('ACTIVE', 'PAUSED') AND charging_block_no IS NULL "
-    "ORDER BY deadline_at LIMIT :chunk FOR UPDATE SKIP LOCKED"
-)
+# The claim. The usual case is marked as charging in the same statement (`plain`): an ACTIVE call
+# whose next block has begun, within its lease, and did not begin in a Billing outage, so nothing is
+# forgiven — exactly what _round would decide and write as a claim. Every other due call comes back
+# locked and unmarked, and _round decides it (pause over, lease lost, block forgiven, not due yet).
+_CLAIM_SQL = f"""
+    WITH due AS MATERIALIZED (
+        SELECT {_CALL_COLUMNS}, (
+            status = 'ACTIVE' AND next_block_at <= :now
+            AND next_block_at <= GREATEST(last_heartbeat_at, CAST(:resumed_at AS timestamptz))
+                + make_interval(secs => grace_seconds)
+            AND NOT COALESCE(next_block_at >= CAST(:outage_from AS timestamptz)
+                             AND next_block_at < CAST(:resumed_at AS timestamptz), false)
+        ) AS plain
+        FROM billing.calls
+        WHERE deadline_at <= :now AND status IN ('ACTIVE', 'PAUSED') AND charging_block_no IS NULL
+        ORDER BY deadline_at LIMIT :chunk FOR UPDATE SKIP LOCKED
+    ), marked AS (
+        UPDATE billing.calls c SET charging_block_no = c.next_block_no, charging_block_at = c.next_block_at,
+            charging_since = {NOW_SQL}
+        WHERE c.call_id = ANY(ARRAY(SELECT call_id FROM due WHERE plain))
+    )
+    SELECT * FROM due
+"""
 _SETTLE_LOCK_SQL = (
     "WITH locked AS MATERIALIZED (SELECT call_id FROM billing.calls "
     "WHERE call_id = ANY(string_to_array(:ids, ' ')) ORDER BY call_id FOR UPDATE) "
@@ -610,12 +628,29 @@ class Metering:
         now, outage_from, resumed_at = await self._alive()
         charges: list[Charge] = []
         async with raw_transaction(self.engine) as conn:
-            rows = await conn.execute(_CLAIM_SQL, {"now": now, "chunk": self.claim_chunk})
+            rows = await conn.execute(
+                _CLAIM_SQL,
+                {"now": now, "chunk": self.claim_chunk, "outage_from": outage_from, "resumed_at": resumed_at},
+            )
             if not rows:
                 return 0, 0
             events: list[Event] = []
             claims, ends, moves = [], [], []
             for row in rows:
+                if row.plain:  # marked by the claim itself
+                    fee = fee_amount(row.tokens_per_block, row.fee_bps)
+                    charges.append(
+                        Charge(
+                            row.call_id,
+                            row.fan_id,
+                            row.creator_id,
+                            row.next_block_no,
+                            row.tokens_per_block,
+                            fee,
+                            row.fee_bps,
+                        )
+                    )
+                    continue
                 if row.status == "PAUSED":
                     ended_at = row.paused_at + dt.timedelta(seconds=row.max_pause_seconds)
                     ends.append(end_params(row, "ENDED", "PAUSE_TOO_LONG", ended_at))
