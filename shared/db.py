@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import psycopg
 from psycopg.rows import namedtuple_row
 from sqlalchemy import text
@@ -57,6 +58,13 @@ def make_engine(url: str, pool_size: int) -> AsyncEngine:
 
 
 _PARAMETER = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
+
+
+def json_param(rows) -> str:
+    """Many rows as one JSON text parameter, read in SQL by `jsonb_array_elements(CAST(:p AS jsonb))`
+    or `jsonb_to_recordset`: psycopg dumps a list element by element in Python, and orjson encodes
+    in a tenth of json.dumps's time (datetimes as RFC 3339, which PostgreSQL reads)."""
+    return orjson.dumps(rows).decode()
 
 
 def joined(values) -> str:

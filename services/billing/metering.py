@@ -45,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -59,7 +58,7 @@ from shared import auth
 from shared.clock import NOW_SQL
 from shared.config import Settings
 from shared.convert import optional_timestamp
-from shared.db import RawConn, joined, raw_transaction
+from shared.db import RawConn, joined, json_param, raw_transaction
 from shared.errors import error_info, reason_of
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -145,16 +144,10 @@ def end_params(row, status: str, reason: str, ended_at: dt.datetime, release: bo
 
 def _unnest(columns: dict[str, str]) -> str:
     """`jsonb_to_recordset(:rows) AS u(a text, …)`: one statement writes every row. The rows travel
-    as one JSON parameter (json.dumps is C; psycopg's per-element array dumping was a fifth of the
-    tick's Python time). Statements also name their calls in `:ids` (`c.call_id = ANY(:ids)`): a
+    as one JSON parameter (shared/db.py json_param; psycopg's per-element array dumping was a fifth
+    of the tick's Python time). Statements also name their calls in `:ids` (`c.call_id = ANY(:ids)`): a
     recordset counts as 100 rows to the planner, which may then prefer scanning the whole table."""
     return f"jsonb_to_recordset(CAST(:rows AS jsonb)) AS u({', '.join(f'{n} {k}' for n, k in columns.items())})"
-
-
-def _json_default(value):
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def _ids(call_ids) -> str:
@@ -164,7 +157,7 @@ def _ids(call_ids) -> str:
 
 def _rows_param(rows: Sequence[dict], columns: dict[str, str]) -> dict[str, object]:
     return {
-        "rows": json.dumps([{n: row[n] for n in columns} for row in rows], default=_json_default),
+        "rows": json_param([{n: row[n] for n in columns} for row in rows]),
         "ids": _ids(row["call_id"] for row in rows),
     }
 

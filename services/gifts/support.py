@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -51,7 +50,7 @@ from shared import auth
 from shared.buckets import Bucket, Buckets
 from shared.clock import NOW_SQL
 from shared.convert import optional_timestamp
-from shared.db import raw_transaction
+from shared.db import json_param, raw_transaction
 from shared.errors import DomainError, already_exists, error_info, precondition
 from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as epb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -560,7 +559,7 @@ class Payments:
         try:
             async with raw_transaction(self.engine) as conn:
                 async with conn.pipeline():  # BEGIN travels with the statement
-                    inserted = {r.tip_id: r for r in await conn.fetch(_INSERT_SQL, {"rows": json.dumps(rows)})}
+                    inserted = {r.tip_id: r for r in await conn.fetch(_INSERT_SQL, {"rows": json_param(rows)})}
                 new = [item for item in batch if ids[id(item)] in inserted]
                 if new:
                     now = inserted[ids[id(new[0])]].created_at
@@ -727,7 +726,7 @@ class Payments:
             for o in {o.charge.tip_id: o for o in outcomes}.values()
         ]
         params = {
-            "rows": json.dumps(results),
+            "rows": json_param(results),
             "ids": sorted(r["tip_id"] for r in results),
             "all_time": rules.ALL_TIME_START,
         }
