@@ -212,10 +212,33 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
                 fields = {"mode": "LINKED", "items": [item.fields() for item in group]}
                 ops.append(Op(scope, "BATCH", key, fields, group))
         outcomes = await self.ledger.submit_many(ops)
-        transfers: dict[int, pb.Transfer | DomainError] = {}
-        for (key, members), outcome in zip(units.items(), outcomes, strict=True):
+        for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, DomainError):
                 raise outcome
+        response = pb.BatchTransferResponse(batch_id=request.batch_id)
+        position = 0
+        for members in units.values():
+            if members[0][0] != position or members[-1][0] != position + len(members) - 1:
+                break
+            position += len(members)
+        else:
+            # Every group's items side by side, in request order (how callers lay their groups
+            # out): each unit's results are appended whole, a group's as its stored results are.
+            for (key, members), outcome in zip(units.items(), outcomes, strict=True):
+                if isinstance(outcome, DomainError):
+                    status = outcome.to_status()
+                    for _, item in members:
+                        response.results.add(transfer_id=item.transfer_id, error=status)
+                elif key.startswith("#"):
+                    transfer = outcome if isinstance(outcome, Message) else pb.Transfer.FromString(outcome)
+                    response.results.add(transfer_id=members[0][1].transfer_id, transfer=transfer)
+                else:
+                    group = outcome if isinstance(outcome, Message) else pb.BatchTransferResponse.FromString(outcome)
+                    response.results.extend(group.results)
+            return response
+        # A group's items interleaved with others: each result goes to its item's place.
+        transfers: dict[int, pb.Transfer | DomainError] = {}
+        for (key, members), outcome in zip(units.items(), outcomes, strict=True):
             if isinstance(outcome, DomainError):
                 transfers.update((index, outcome) for index, _ in members)
             elif key.startswith("#"):
@@ -225,7 +248,6 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
                 transfers.update(
                     (index, result.transfer) for (index, _), result in zip(members, group.results, strict=True)
                 )
-        response = pb.BatchTransferResponse(batch_id=request.batch_id)
         for index, item in enumerate(items):
             result = response.results.add(transfer_id=item.transfer_id)
             outcome = transfers[index]

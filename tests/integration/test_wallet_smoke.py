@@ -110,6 +110,27 @@ async def test_independent_batch_with_linked_groups(wallet):
     assert fan2.spendable_posted == 40  # the creator leg (35) was affordable alone, but not with its fee
     creator = await w.GetBalance(pb.GetBalanceRequest(owner_id="gcreator"))
     assert creator.accounts[0].posted == 35
+
+    # The same groups with their items interleaved, a standalone item between them, and replayed:
+    # every result stays at its item's place, whatever order the groups' items come in.
+    def replayed(specs):
+        return [pb.TransferSpec(transfer_id=f"{s.transfer_id}-again", group_id=f"{s.group_id}-again",
+                                debit=s.debit, credit=s.credit, amount=s.amount, code=s.code, fee_bps=s.fee_bps)
+                for s in specs]  # fmt: skip
+
+    g1, g2 = replayed(block("gfan1", 5, 2)), replayed(block("gfan2", 35, 15))
+    alone = pb.TransferSpec(
+        transfer_id="alone-again",
+        debit=ref("gfan1", pb.ACCOUNT_CODE_USER_WALLET),
+        credit=ref("gcreator", pb.ACCOUNT_CODE_CREATOR_EARNINGS),
+        amount=1,
+        code=pb.TRANSFER_CODE_TIP,
+    )
+    mixed = pb.BatchTransferRequest(mode=pb.BATCH_MODE_INDEPENDENT, transfers=[g1[0], g2[0], alone, g2[1], g1[1]])
+    second = await w.BatchTransfer(mixed)
+    assert [r.transfer_id for r in second.results] == [s.transfer_id for s in mixed.transfers]
+    assert [r.transfer.amount if r.HasField("transfer") else None for r in second.results] == [5, None, 1, None, 2]
+    assert await w.BatchTransfer(mixed) == second
     assert (await w.Audit(pb.AuditRequest())).ok
 
 
