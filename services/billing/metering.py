@@ -62,6 +62,7 @@ from shared.db import RawConn, joined, json_param, raw_transaction
 from shared.errors import error_info, reason_of
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
+from shared.legs import payment_legs
 from shared.outbox import Event, append
 from shared.presets import fee_amount
 
@@ -359,35 +360,20 @@ def _in_flight(row) -> Charge:
     )
 
 
-_PLATFORM = wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PLATFORM_REVENUE, asset=wpb.ASSET_TOKEN)
-
-
-def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
-    group = block_id(charge.call_id, charge.block_no)
-    fan = wpb.AccountRef(owner_id=charge.fan_id, code=wpb.ACCOUNT_CODE_USER_WALLET, asset=wpb.ASSET_TOKEN)
-    common = {
-        "code": wpb.TRANSFER_CODE_CALL_BLOCK,
-        "context_type": "call",
-        "context_id": charge.call_id,
-        "counterparty_id": charge.creator_id,
-        "fee_bps": charge.fee_bps,
-        "group_id": group,
-    }
-    specs = []
-    if charge.tokens > charge.fee:
-        creator = wpb.AccountRef(
-            owner_id=charge.creator_id, code=wpb.ACCOUNT_CODE_CREATOR_EARNINGS, asset=wpb.ASSET_TOKEN
-        )
-        specs.append(
-            wpb.TransferSpec(
-                transfer_id=f"{group}:creator", debit=fan, credit=creator, amount=charge.tokens - charge.fee, **common
-            )
-        )
-    if charge.fee > 0:
-        specs.append(
-            wpb.TransferSpec(transfer_id=f"{group}:fee", debit=fan, credit=_PLATFORM, amount=charge.fee, **common)
-        )
-    return specs
+def transfer_legs(charge: Charge) -> list[dict]:
+    """The block's legs (shared/legs.py) as TransferSpec fields, grouped under the block's derived id."""
+    return payment_legs(
+        block_id(charge.call_id, charge.block_no),
+        fan_id=charge.fan_id,
+        creator_id=charge.creator_id,
+        amount=charge.tokens,
+        fee=charge.fee,
+        code=wpb.TRANSFER_CODE_CALL_BLOCK,
+        context_type="call",
+        context_id=charge.call_id,
+        fee_bps=charge.fee_bps,
+        grouped=True,
+    )
 
 
 class Metering:
@@ -426,16 +412,16 @@ class Metering:
         gate = asyncio.Semaphore(WALLET_RPCS_IN_FLIGHT)
 
         async def pay_part(part: Sequence[Charge]) -> list[Outcome]:
-            request = wpb.BatchTransferRequest(mode=wpb.BATCH_MODE_INDEPENDENT)
-            specs = [transfer_specs(charge) for charge in part]
-            for group in specs:
-                request.transfers.extend(group)
+            specs = [transfer_legs(charge) for charge in part]
+            request = wpb.BatchTransferRequest(
+                mode=wpb.BATCH_MODE_INDEPENDENT, transfers=[leg for legs in specs for leg in legs]
+            )
             async with gate:
                 response = await auth.as_itself(lambda: self.wallet.BatchTransfer(request, timeout=WALLET_DEADLINE_S))
             by_id = {result.transfer_id: result for result in response.results}
             outcomes = []
             for charge, group in zip(part, specs, strict=True):
-                results = [by_id[spec.transfer_id] for spec in group]
+                results = [by_id[leg["transfer_id"]] for leg in group]
                 failed = next((r.error for r in results if r.HasField("error")), None)
                 if failed is not None:
                     info = error_info(failed)

@@ -54,6 +54,7 @@ from shared.db import json_param, raw_transaction
 from shared.errors import DomainError, already_exists, error_info, precondition
 from shared.gen.fanbank.gifts.v1 import gift_events_pb2 as epb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
+from shared.legs import payment_legs
 from shared.outbox import Event, append
 
 log = logging.getLogger(__name__)
@@ -208,34 +209,21 @@ _CODES = {"TIP": wpb.TRANSFER_CODE_TIP, "GIFT": wpb.TRANSFER_CODE_GIFT, "LIKE": 
 
 
 def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
-    """The support's linked group: creator leg, and the fee leg only when the fee is above 0."""
-    group = rules.group_id(charge.kind, charge.tip_id)
-    fan = wpb.AccountRef(owner_id=charge.sender_id, code=wpb.ACCOUNT_CODE_USER_WALLET, asset=wpb.ASSET_TOKEN)
-    common = {
-        "code": _CODES[charge.kind],
-        "context_type": charge.context_type,
-        "context_id": charge.context_id,
-        "counterparty_id": charge.creator_id,
-        "fee_bps": charge.fee_bps,
-        "group_id": group,
-    }
-    creator_share = charge.amount_tokens - charge.fee_tokens
-    assert charge.amount_tokens > 0 and 0 <= charge.fee_tokens <= charge.amount_tokens
-    specs = []
-    if creator_share > 0:
-        creator = wpb.AccountRef(
-            owner_id=charge.creator_id, code=wpb.ACCOUNT_CODE_CREATOR_EARNINGS, asset=wpb.ASSET_TOKEN
-        )
-        specs.append(
-            wpb.TransferSpec(transfer_id=f"{group}:creator", debit=fan, credit=creator, amount=creator_share, **common)
-        )
-    if charge.fee_tokens > 0:
-        platform = wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PLATFORM_REVENUE, asset=wpb.ASSET_TOKEN)
-        specs.append(
-            wpb.TransferSpec(transfer_id=f"{group}:fee", debit=fan, credit=platform, amount=charge.fee_tokens, **common)
-        )
-    assert sum(s.amount for s in specs) == charge.amount_tokens, "the legs must add up to what the fan pays"
-    return specs
+    """The support's linked group (shared/legs.py): creator leg, and the fee leg only when the fee is
+    above 0."""
+    legs = payment_legs(
+        rules.group_id(charge.kind, charge.tip_id),
+        fan_id=charge.sender_id,
+        creator_id=charge.creator_id,
+        amount=charge.amount_tokens,
+        fee=charge.fee_tokens,
+        code=_CODES[charge.kind],
+        context_type=charge.context_type,
+        context_id=charge.context_id,
+        fee_bps=charge.fee_bps,
+        grouped=True,
+    )
+    return [wpb.TransferSpec(**leg) for leg in legs]
 
 
 # ---- the rate limit --------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from shared.convert import timestamp
 from shared.errors import error_info
 from shared.gen.fanbank.streams.v1 import streams_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
+from shared.legs import payment_legs
 from shared.outbox import Event, append
 
 log = logging.getLogger(__name__)
@@ -111,33 +112,21 @@ class Outcome:
 
 
 def transfer_specs(charge: Charge) -> list[wpb.TransferSpec]:
-    """The ticket's legs: creator's share and the platform's fee (left out when 0)."""
-    assert 0 <= charge.fee_tokens <= charge.price_tokens and charge.price_tokens > 0
-    group = batch_id(charge.ticket_id)
-    fan = wpb.AccountRef(owner_id=charge.fan_id, code=wpb.ACCOUNT_CODE_USER_WALLET, asset=wpb.ASSET_TOKEN)
-    common = {
-        "code": wpb.TRANSFER_CODE_TICKET,
-        "context_type": "stream",
-        "context_id": charge.stream_id,
-        "counterparty_id": charge.creator_id,
-        "fee_bps": charge.fee_bps,
-    }
-    specs = []
-    share = charge.price_tokens - charge.fee_tokens
-    if share > 0:
-        creator = wpb.AccountRef(
-            owner_id=charge.creator_id, code=wpb.ACCOUNT_CODE_CREATOR_EARNINGS, asset=wpb.ASSET_TOKEN
-        )
-        specs.append(
-            wpb.TransferSpec(transfer_id=f"{group}:creator", debit=fan, credit=creator, amount=share, **common)
-        )
-    if charge.fee_tokens > 0:
-        platform = wpb.AccountRef(owner_id="", code=wpb.ACCOUNT_CODE_PLATFORM_REVENUE, asset=wpb.ASSET_TOKEN)
-        specs.append(
-            wpb.TransferSpec(transfer_id=f"{group}:fee", debit=fan, credit=platform, amount=charge.fee_tokens, **common)
-        )
-    assert sum(s.amount for s in specs) == charge.price_tokens
-    return specs
+    """The ticket's legs (shared/legs.py): creator's share and the platform's fee (left out when 0),
+    sent as one LINKED batch."""
+    legs = payment_legs(
+        batch_id(charge.ticket_id),
+        fan_id=charge.fan_id,
+        creator_id=charge.creator_id,
+        amount=charge.price_tokens,
+        fee=charge.fee_tokens,
+        code=wpb.TRANSFER_CODE_TICKET,
+        context_type="stream",
+        context_id=charge.stream_id,
+        fee_bps=charge.fee_bps,
+        grouped=False,
+    )
+    return [wpb.TransferSpec(**leg) for leg in legs]
 
 
 def wallet_reason(error: grpc.aio.AioRpcError) -> str:
