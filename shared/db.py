@@ -96,6 +96,13 @@ class RawConn:
             await cursor.execute(psycopg_sql(statement), params)
             return await cursor.fetchall() if cursor.description is not None else []
 
+    async def tuples(self, statement: str, params: dict) -> list[tuple]:
+        """execute() for a statement that answers many rows, as plain tuples: making a named tuple
+        is a Python call per row, a tuple is not."""
+        async with self.raw.cursor() as cursor:
+            await cursor.execute(psycopg_sql(statement), params)
+            return await cursor.fetchall()
+
     async def fetch(self, statement: str, params: dict) -> list:
         """For a statement that answers rows; unlike execute() it also works in pipeline mode,
         where a statement's result (and so whether it has rows) is only known once fetched."""

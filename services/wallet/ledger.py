@@ -659,7 +659,7 @@ class Ledger:
         self, conn: RawConn, ids: set[int], refs: set[Ref]
     ) -> tuple[dict[int, _Account], dt.datetime]:
         """Locks the accounts named by id or by natural key, in id order, and reads the clock."""
-        result = await conn.execute(
+        result = await conn.tuples(
             f"SELECT {NOW_SQL} AS now, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
             " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts WHERE id IN ("
             " SELECT unnest(CAST(string_to_array(:ids, ' ') AS bigint[])) UNION SELECT x.id FROM wallet.accounts x"
@@ -671,15 +671,13 @@ class Ledger:
             {"ids": joined(sorted(ids)), "refs": joined("|".join(ref) for ref in sorted(refs))},
         )
         accounts: dict[int, _Account] = {}
-        now = None
-        for row in result:
-            now = row.now
-            if row.id is not None:
-                ref = Ref(row.owner_id, row.asset, row.code)
-                if row.id not in ids:
-                    self._remember(row.id, ref)
-                accounts[row.id] = _Account(row.id, ref, row.posted, row.pending)
-        assert now is not None
+        now = result[0][0]
+        for _, account_id, owner_id, asset, code, posted, pending in result:
+            if account_id is not None:
+                ref = Ref(owner_id, asset, code)
+                if account_id not in ids:
+                    self._remember(account_id, ref)
+                accounts[account_id] = _Account(account_id, ref, posted, pending)
         return accounts, now
 
     async def _write(self, conn: RawConn, batch: _Batch, answers: list[tuple[Op, int, bool, bytes]]) -> int:
