@@ -294,6 +294,11 @@ class Ledger:
         self._changed = asyncio.Event()  # a batch ended, or the queue can fill a batch
         self._collected = 0  # ops the collector holds for its next batch
         self.statements_in_last_batch = 0
+        # Op kind → its `_apply_<kind>` method.
+        self._handlers: dict[str, Callable] = {
+            kind: getattr(self, f"_apply_{kind.lower()}")
+            for kind in ("TRANSFER", "BATCH", "REVERSAL", "HOLD", "CAPTURE", "VOID", "ADJUST", "GRANT")
+        }
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -799,7 +804,7 @@ class Ledger:
     # ---- applying one op ------------------------------------------------------------------------
 
     def _apply(self, batch: _Batch, op: Op, row_id: int) -> Message:
-        handler = getattr(self, f"_apply_{op.kind.lower()}")
+        handler = self._handlers[op.kind]
         scratch = _Scratch(batch)
         response = handler(batch, scratch, op, row_id)
         scratch.commit()

@@ -99,17 +99,18 @@ class Item(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """A request the ledger applies exactly once per (scope, kind, key)."""
+    """A request the ledger applies exactly once per (scope, kind, key): its `identity`, made once
+    (a batch looks each op up by it several times)."""
 
     scope: str
     kind: str
     key: str
     fields: dict
     payload: object = field(compare=False)
+    identity: tuple[str, str, str] = field(init=False, compare=False, repr=False)
 
-    @property
-    def identity(self) -> tuple[str, str, str]:
-        return (self.scope, self.kind, self.key)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identity", (self.scope, self.kind, self.key))
 
 
 @dataclass(frozen=True, slots=True)
