@@ -252,6 +252,9 @@ _ROWS_SQL = {
 }
 
 
+# What a call marked by the claim needs to be charged; its other columns come back NULL (each value
+# sent is converted to text and back, a timestamp at ~1 µs).
+_PLAIN_FIELDS = frozenset({"call_id", "fan_id", "creator_id", "next_block_no", "tokens_per_block", "fee_bps"})
 # The claim. The usual case is marked as charging in the same statement (`plain`): an ACTIVE call
 # whose next block has begun, within its lease, and did not begin in a Billing outage, so nothing is
 # forgiven — exactly what _round would decide and write as a claim. Every other due call comes back
@@ -273,7 +276,10 @@ _CLAIM_SQL = f"""
             charging_since = {NOW_SQL}
         WHERE c.call_id = ANY(ARRAY(SELECT call_id FROM due WHERE plain))
     )
-    SELECT * FROM due
+    SELECT plain, {
+    ", ".join(f if f in _PLAIN_FIELDS else f"CASE WHEN plain THEN NULL ELSE {f} END AS {f}" for f in _CALL_FIELDS)
+}
+    FROM due
 """
 _SETTLE_LOCK_SQL = (
     "WITH locked AS MATERIALIZED (SELECT call_id FROM billing.calls "

@@ -664,25 +664,30 @@ class Ledger:
         self, conn: RawConn, ids: set[int], refs: set[Ref]
     ) -> tuple[dict[int, _Account], dt.datetime]:
         """Locks the accounts named by id or by natural key, in id order, and reads the clock."""
+        # The clock comes back once, in a row of its own (its id NULL), not beside every account.
         result = await conn.tuples(
-            f"SELECT {NOW_SQL} AS now, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
-            " FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT * FROM wallet.accounts WHERE id IN ("
+            f"SELECT {NOW_SQL} AS now, NULL::bigint, NULL, NULL, NULL, NULL::bigint, NULL::bigint UNION ALL"
+            " SELECT NULL, a.id, a.owner_id, a.asset, a.code, a.posted, a.pending"
+            " FROM (SELECT * FROM wallet.accounts WHERE id IN ("
             " SELECT unnest(CAST(string_to_array(:ids, ' ') AS bigint[])) UNION SELECT x.id FROM wallet.accounts x"
             " JOIN (SELECT split_part(r, '|', 1) AS o, split_part(r, '|', 2) AS s, split_part(r, '|', 3) AS c"
             " FROM unnest(string_to_array(:refs, ' ')) AS r) u ON x.owner_id = u.o AND x.asset = u.s AND x.code = u.c)"
-            " ORDER BY id FOR UPDATE) a ON true",
+            " ORDER BY id FOR UPDATE) a",
             # Each natural key as `owner|asset|code` (never empty: the asset and code are always
             # there; ids hold neither a space nor a `|`), all of them in one text.
             {"ids": joined(sorted(ids)), "refs": joined("|".join(ref) for ref in sorted(refs))},
         )
         accounts: dict[int, _Account] = {}
-        now = result[0][0]
-        for _, account_id, owner_id, asset, code, posted, pending in result:
-            if account_id is not None:
-                ref = Ref(owner_id, asset, code)
-                if account_id not in ids:
-                    self._remember(account_id, ref)
-                accounts[account_id] = _Account(account_id, ref, posted, pending)
+        now = None
+        for at, account_id, owner_id, asset, code, posted, pending in result:
+            if account_id is None:
+                now = at
+                continue
+            ref = Ref(owner_id, asset, code)
+            if account_id not in ids:
+                self._remember(account_id, ref)
+            accounts[account_id] = _Account(account_id, ref, posted, pending)
+        assert now is not None
         return accounts, now
 
     async def _write(self, conn: RawConn, batch: _Batch, answers: list[tuple[Op, int, bool, bytes]]) -> int:
