@@ -215,46 +215,23 @@ class WalletServicer(pb_grpc.WalletServiceServicer):
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, DomainError):
                 raise outcome
-        response = pb.BatchTransferResponse(batch_id=request.batch_id)
-        position = 0
-        for members in units.values():
-            if members[0][0] != position or members[-1][0] != position + len(members) - 1:
-                break
-            position += len(members)
-        else:
-            # Every group's items side by side, in request order (how callers lay their groups
-            # out): each unit's results are appended whole, a group's as its stored results are.
-            for (key, members), outcome in zip(units.items(), outcomes, strict=True):
-                if isinstance(outcome, DomainError):
-                    status = outcome.to_status()
-                    for _, item in members:
-                        response.results.add(transfer_id=item.transfer_id, error=status)
-                elif key.startswith("#"):
-                    transfer = outcome if isinstance(outcome, Message) else pb.Transfer.FromString(outcome)
-                    response.results.add(transfer_id=members[0][1].transfer_id, transfer=transfer)
-                else:
-                    group = outcome if isinstance(outcome, Message) else pb.BatchTransferResponse.FromString(outcome)
-                    response.results.extend(group.results)
-            return response
-        # A group's items interleaved with others: each result goes to its item's place.
-        transfers: dict[int, pb.Transfer | DomainError] = {}
+        # Each unit's results, put at its items' places (a group's items may be interleaved with
+        # others), then appended in one call: a group's stored results go in as they are.
+        results: list[pb.BatchTransferResult | None] = [None] * len(items)
         for (key, members), outcome in zip(units.items(), outcomes, strict=True):
             if isinstance(outcome, DomainError):
-                transfers.update((index, outcome) for index, _ in members)
+                status = outcome.to_status()
+                unit = [pb.BatchTransferResult(transfer_id=item.transfer_id, error=status) for _, item in members]
             elif key.startswith("#"):
-                transfers[members[0][0]] = outcome if isinstance(outcome, Message) else pb.Transfer.FromString(outcome)
+                transfer = outcome if isinstance(outcome, Message) else pb.Transfer.FromString(outcome)
+                unit = [pb.BatchTransferResult(transfer_id=members[0][1].transfer_id, transfer=transfer)]
             else:
                 group = outcome if isinstance(outcome, Message) else pb.BatchTransferResponse.FromString(outcome)
-                transfers.update(
-                    (index, result.transfer) for (index, _), result in zip(members, group.results, strict=True)
-                )
-        for index, item in enumerate(items):
-            result = response.results.add(transfer_id=item.transfer_id)
-            outcome = transfers[index]
-            if isinstance(outcome, DomainError):
-                result.error.CopyFrom(outcome.to_status())
-            else:
-                result.transfer.CopyFrom(outcome)
+                unit = group.results
+            for (index, _), result in zip(members, unit, strict=True):
+                results[index] = result
+        response = pb.BatchTransferResponse(batch_id=request.batch_id)
+        response.results.extend(results)
         return response
 
     async def ReverseTransfer(self, request: pb.ReverseTransferRequest, context) -> pb.ReverseTransferResponse:
