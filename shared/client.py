@@ -1,6 +1,11 @@
 """Outgoing gRPC channels: every call is signed with this process's identity (and the user it acts
 for, when the edge sets one), carries a deadline, and is retried on UNAVAILABLE by gRPC's own retry
 policy. Every Fanbank RPC is either a read or carries a request id, so a retry cannot apply twice.
+
+A service's address may name several replicas (`FANBANK_WALLET_ADDR=dns:///wallet:50051` resolving
+to each replica, or `ipv4:10.0.0.5:50051,10.0.0.6:50051`): calls are spread over them round robin,
+one connection each. gRPC's default, pick_first, would send every call of a process to one replica
+(DESIGN.md "Runtime": N replicas side by side).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ MAX_CACHED_SIGNATURES = 10_000
 
 _SERVICE_CONFIG = json.dumps(
     {
+        "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
                 "name": [{}],
@@ -31,7 +37,7 @@ _SERVICE_CONFIG = json.dumps(
                     "retryableStatusCodes": ["UNAVAILABLE"],
                 },
             }
-        ]
+        ],
     }
 )
 

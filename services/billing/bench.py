@@ -9,9 +9,10 @@ first, untimed tick charges block 0 and so creates every creator's earnings acco
 running system. Then the clock moves one block on, every lease is renewed in one UPDATE (standing
 in for the media server's HeartbeatCalls), the tables a tick writes are vacuumed (a running system's
 state between ticks; the JSON counts any autovacuum run that overlapped the tick anyway) and the
-measured tick runs: the real `Metering.tick()` —
-claims (each call marked as charging its block), `Wallet.BatchTransfer` to a Wallet OS process,
-outcomes, call updates, outbox events — until nothing is due.
+measured tick runs: the real `Metering.tick()` — claims (each call marked as charging its block),
+`Wallet.BatchTransfer` to a Wallet OS process (or `--wallets N` of them, the calls spread round
+robin as over replicas behind one address), outcomes, call updates, outbox events — until nothing
+is due.
 
 Baseline, in the same run and database: the seeds' cron design on its own tables — one row-locked
 transaction per call (lock the call, lock the fan's and the creator's wallet rows in id order, check
@@ -61,6 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--calls", type=bounded(1, MAX_CALLS), help="live calls (100,000; quick 20,000)")
     parser.add_argument("--baseline-sample", type=bounded(1, MAX_CALLS), help="calls the baseline charges")
     parser.add_argument("--pool", type=bounded(1, 100), default=8, help="database pool of each side (8)")
+    parser.add_argument(
+        "--wallets", type=bounded(1, 16), default=1, help="Wallet processes Billing spreads its calls over (1)"
+    )
     parser.add_argument("--preset", default=None, help="preset (FANBANK_PRESET, default digis)")
     opts = parser.parse_args(argv)
     if opts.calls is None:
@@ -346,11 +350,17 @@ class Run:
         pg_root = await postgres_root(self.engine)
         self.clock = ControlledClock(self.engine)
         await self.clock.set(dt.datetime.now(dt.UTC).replace(microsecond=0))
-        wallet_process = ServiceProcess("wallet", self.database_url, opts.pool, log_dir, FANBANK_CLOCK="controlled")
+        wallets = [
+            ServiceProcess("wallet", self.database_url, opts.pool, log_dir, FANBANK_CLOCK="controlled")
+            for _ in range(opts.wallets)
+        ]
         channel = None
         try:
-            await wallet_process.serving()
-            channel = client.channel(self.settings, wallet_process.target, identity="billing", deadline_seconds=600)
+            for process in wallets:
+                await process.serving()
+            # Several replicas behind one address, as FANBANK_WALLET_ADDR may name them (round robin).
+            target = "ipv4:" + ",".join(process.target for process in wallets)
+            channel = client.channel(self.settings, target, identity="billing", deadline_seconds=600)
             wallet = wallet_grpc.WalletServiceStub(channel)
             self.say(f"preset {self.preset.platform.name}: {self.tokens} tokens per block, fee {self.fee}")
             self.say(f"baseline: the seeds' design on {opts.baseline_sample} calls …")
@@ -371,7 +381,7 @@ class Run:
             await self.vacuum()
             maintenance_before = await self.maintenance_runs()
             self.say(f"measured tick: block 1 due on {due:,} calls …")
-            pids = [wallet_process.pid]
+            pids = [process.pid for process in wallets]
             cpu_before = (cpu_seconds(pids), cpu_seconds([os.getpid()]), cpu_seconds(postgres_pids(pg_root)))
             started = time.perf_counter()
             charged = await meter.tick()
@@ -391,12 +401,14 @@ class Run:
             self.say("checks: calls, blocks by derived id, Wallet Audit, balances …")
             problems = await self.checks(wallet)
         except BaseException:
-            print(f"wallet output (last lines):\n{wallet_process.log_tail()}", flush=True)
+            for process in wallets:
+                print(f"wallet output (last lines):\n{process.log_tail()}", flush=True)
             raise
         finally:
             if channel is not None:
                 await channel.close()
-            wallet_process.stop()
+            for process in wallets:
+                process.stop()
             await self.clock.release()  # a database given by URL goes back to its own time
             await self.engine.dispose()
         for problem in problems[:20]:
@@ -413,6 +425,7 @@ class Run:
             "charged": charged,
             "preset": self.preset.platform.name,
             "baseline_sample": opts.baseline_sample,
+            "wallets": opts.wallets,
             "autovacuum_runs": maintenance,
             "cpu_s": {"billing": round(billing_cpu, 2), "wallet": round(wallet_cpu, 2), "postgres": round(pg_cpu, 2)},
         }
