@@ -107,7 +107,7 @@ class BalanceWatchers:
                     self._wake_all()  # anything may have changed while we were not listening
                     async for notice in conn.notifies():
                         touched = json.loads(notice.payload)
-                        if touched == "*":
+                        if touched == "*":  # from a Wallet process of an earlier version
                             self._wake_all()
                             continue
                         for key in touched:

@@ -1,6 +1,11 @@
+import asyncio
+import json
+
 import grpc
 import pytest
 
+from services.wallet.ledger import _NOTIFY_MAX_BYTES, notify_payloads
+from services.wallet.server import BalanceWatchers
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as pb
 from tests.harness import Caller, migrated_engine, reason_of, running, settings_for
 
@@ -160,3 +165,48 @@ async def test_linked_batch_may_spend_what_it_just_credited(wallet):
     balance = await caller.wallet.GetBalance(pb.GetBalanceRequest(owner_id="newfan"))
     assert balance.spendable_posted == 5
     assert (await caller.wallet.Audit(pb.AuditRequest())).ok
+
+
+def test_balance_notifications_name_every_balance_within_notifys_limit():
+    touched = {(f"fan-with-a-longish-id-{i}", "TOKEN") for i in range(1000)} | {("", "TOKEN")}
+    payloads = notify_payloads(touched)
+    assert len(payloads) > 1
+    assert all(len(p.encode()) <= _NOTIFY_MAX_BYTES for p in payloads)
+    named = [key for p in payloads for key in json.loads(p)]
+    assert sorted(named) == sorted(f"{o}|{a}" for o, a in touched)
+
+
+async def test_a_large_batch_wakes_the_watchers_of_its_balances_and_no_others(wallet, database_url):
+    """A batch of 600 fundings (two ledger batches, each touching far more accounts than one
+    notification holds) wakes the watchers of the balances it changed and leaves the others asleep."""
+    caller, _ = wallet
+    watchers = BalanceWatchers(settings_for(database_url).database_url)
+    try:
+        funded = await watchers.subscribe("bulk-fan-599", "TOKEN")
+        bystander = await watchers.subscribe("bulk-bystander", "TOKEN")
+        sentinel = await watchers.subscribe("bulk-sentinel", "TOKEN")
+        for event in (funded, bystander, sentinel):
+            event.clear()
+
+        def funding(transfer_id: str, owner: str) -> pb.TransferSpec:
+            return pb.TransferSpec(
+                transfer_id=transfer_id,
+                debit=ref("", pb.ACCOUNT_CODE_PROVIDER_CLEARING),
+                credit=ref(owner, pb.ACCOUNT_CODE_USER_PURCHASED),
+                amount=10,
+                code=pb.TRANSFER_CODE_PURCHASE,
+            )
+
+        items = [funding(f"bulk-{i}", f"bulk-fan-{i}") for i in range(600)]
+        reply = await caller.wallet.BatchTransfer(
+            pb.BatchTransferRequest(mode=pb.BATCH_MODE_INDEPENDENT, transfers=items)
+        )
+        assert not any(r.HasField("error") for r in reply.results)
+        await asyncio.wait_for(funded.wait(), 10)
+        # Notifications arrive in commit order on the one LISTEN connection: once a later
+        # transfer's has woken the sentinel, the batch's have all been handled.
+        await caller.wallet.Transfer(pb.TransferRequest(transfer=funding("bulk-sentinel-1", "bulk-sentinel")))
+        await asyncio.wait_for(sentinel.wait(), 10)
+        assert not bystander.is_set()
+    finally:
+        await watchers.close()
