@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.wallet import model
-from services.wallet.ledger import NOTIFY_CHANNEL
+from services.wallet.ledger import NOTIFY_CHANNEL, notify_payloads
 from services.wallet.model import Ref
 from shared.clock import NOW_SQL
 from shared.convert import timestamp
@@ -206,8 +206,10 @@ async def expire_holds(engine: AsyncEngine, limit: int) -> int:
             ),
             {"ids": [r.id for r in due]},
         )
-        touched = sorted({f"{r.owner_id}|{r.asset}" for r in owners})
-        await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": json.dumps(touched)})
+        await conn.execute(
+            text("SELECT count(pg_notify(:c, p)) FROM unnest(CAST(:p AS text[])) AS p"),
+            {"c": NOTIFY_CHANNEL, "p": notify_payloads({(r.owner_id, r.asset) for r in owners})},
+        )
     return len(due)
 
 

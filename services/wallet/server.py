@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 import grpc
@@ -20,7 +19,7 @@ from google.protobuf.message import Message
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.wallet import model, queries
-from services.wallet.ledger import NOTIFY_CHANNEL, Ledger
+from services.wallet.ledger import NOTIFY_CHANNEL, Ledger, balance_hash, balances_named
 from services.wallet.model import Adjustment, HoldSpec, Op, Ref, Resolution, Reversal
 from shared import auth
 from shared.auth import Principal
@@ -69,11 +68,12 @@ def _owner(owner_id: str) -> str:
 class BalanceWatchers:
     """One LISTEN connection per process; each watcher is woken (coalesced) when its owner's
     balance may have changed, then re-reads it. Notifications are sent by the committing
-    transaction itself, so a watcher never sees a change that did not commit."""
+    transaction itself, so a watcher never sees a change that did not commit. They name balances
+    by `balance_hash` (services/wallet/ledger.py), and so are the watchers kept here."""
 
     def __init__(self, database_url: str):
         self.database_url = database_url.replace("postgresql+psycopg://", "postgresql://")
-        self._events: dict[tuple[str, str], set[asyncio.Event]] = {}
+        self._events: dict[int, set[asyncio.Event]] = {}
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
 
@@ -88,15 +88,16 @@ class BalanceWatchers:
             self._task = asyncio.create_task(self._listen(), name="wallet-balance-listener")
         await self._ready.wait()
         event = asyncio.Event()
-        self._events.setdefault((owner_id, asset), set()).add(event)
+        self._events.setdefault(balance_hash(owner_id, asset), set()).add(event)
         return event
 
     def unsubscribe(self, owner_id: str, asset: str, event: asyncio.Event) -> None:
-        events = self._events.get((owner_id, asset))
+        key = balance_hash(owner_id, asset)
+        events = self._events.get(key)
         if events is not None:
             events.discard(event)
             if not events:
-                del self._events[(owner_id, asset)]
+                del self._events[key]
 
     async def _listen(self) -> None:
         while True:
@@ -106,19 +107,23 @@ class BalanceWatchers:
                     self._ready.set()
                     self._wake_all()  # anything may have changed while we were not listening
                     async for notice in conn.notifies():
-                        touched = json.loads(notice.payload)
-                        if touched == "*":  # from a Wallet process of an earlier version
-                            self._wake_all()
-                            continue
-                        for key in touched:
-                            owner_id, _, asset = key.rpartition("|")
-                            for event in self._events.get((owner_id, asset), ()):
-                                event.set()
+                        self._wake(notice.payload)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("balance listener lost its connection; reconnecting")
                 await asyncio.sleep(1)
+
+    def _wake(self, payload: str) -> None:
+        try:
+            named = balances_named(payload)
+        except ValueError:
+            log.error("unreadable balance notification; waking every watcher", extra={"payload": payload[:80]})
+            self._wake_all()
+            return
+        for key in named:
+            for event in self._events.get(key, ()):
+                event.set()
 
     def _wake_all(self) -> None:
         for events in self._events.values():

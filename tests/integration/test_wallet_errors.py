@@ -1034,6 +1034,24 @@ async def test_expire_holds_expires_only_due_holds(env):
     await audit_ok(env)
 
 
+async def test_expiring_the_holds_of_hundreds_of_fans_at_once_notifies_every_balance(env):
+    """One expiry pass over 400 fans' holds: the balance notification names 400 balances, far more
+    than one NOTIFY payload holds as text (the pass used to fail with PostgreSQL's "payload string
+    too long")."""
+    fans = [fresh("fan") for _ in range(400)]
+    creator = fresh("creator")
+    await open_earnings(env, creator)
+    await asyncio.gather(*(buy(env, fan, 10) for fan in fans))
+    holds = await asyncio.gather(*(hold(env, fan, creator, 10, ttl=60) for fan in fans))
+    await env.clock.advance(dt.timedelta(seconds=61))
+
+    assert (await env.w.ExpireHolds(pb.ExpireHoldsRequest())).expired_count >= 400
+    for held in holds[::80]:
+        assert (await env.w.GetHold(pb.GetHoldRequest(hold_id=held.hold_id))).hold.status == pb.HOLD_STATUS_EXPIRED
+    assert account_of(await balance(env, fans[-1]), PURCHASED).pending == 0
+    await audit_ok(env)
+
+
 async def test_list_entries_pages_newest_first(env):
     fan, creator = await funded_fan_and_creator(env, 100)
     await grant(env, fan, 20)
