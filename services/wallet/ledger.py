@@ -76,11 +76,10 @@ def balance_hash(owner_id: str, asset: str) -> int:
 
 def notify_payloads(touched: Iterable[tuple[str, str]]) -> list[str]:
     """The balances a transaction changed, as NOTIFY payloads: their `balance_hash`es, 4 bytes each
-    (little-endian), base64, as many payloads as NOTIFY's size limit takes. A watcher is woken only
-    by its own balance's change. Until stop 13 a batch of more than ~200 accounts sent one `"*"`,
-    which woke every watcher; each of a metering tick's ~200 batches did, and so did a burst of
-    tips. A 7 KB notification costs PostgreSQL ~0.4 ms, so the names are hashes, not the JSON
-    `owner|asset` strings that were five such notifications per metering batch."""
+    (little-endian), base64, as many payloads as NOTIFY's size limit takes, so a watcher is woken
+    only by its own balance's change. Hashes rather than `owner|asset` text: a 7 KB notification
+    costs PostgreSQL ~0.4 ms, and a metering batch's names fit one payload instead of five
+    (docs/ARCHITECTURE.md, "Reads and watches")."""
     hashes = [balance_hash(owner_id, asset) for owner_id, asset in touched]
     step = _HASHES_PER_NOTIFICATION
     return [
