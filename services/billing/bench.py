@@ -392,7 +392,8 @@ class Run:
                 f"measured tick: {charged:,} blocks in {tick_s:.2f} s = {charged / tick_s:,.0f} blocks/s "
                 f"(CPU s: billing {billing_cpu:.1f}, wallet {wallet_cpu:.1f}, postgres {pg_cpu:.1f})"
             )
-            # pg_stat counters reach the view within a second (stats_fetch_consistency, flushes).
+            # A lower bound: a worker reports a table when it is done with it, so a run still going
+            # at this point is not counted.
             maintenance = await self.maintenance_runs() - maintenance_before
             if maintenance:
                 self.say(f"measured tick: {maintenance} autovacuum/autoanalyze run(s) overlapped it")
