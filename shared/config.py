@@ -218,7 +218,9 @@ def load_settings() -> Settings:
         sweep_after_seconds=_int("FANBANK_SWEEP_AFTER_SECONDS", 60, 1, 86_400),
         outbox_retention_hours=_int("FANBANK_OUTBOX_RETENTION_HOURS", 168, 0, 87_600),
         streams_no_show_hours=_int("FANBANK_STREAMS_NO_SHOW_HOURS", 24, 0, 8_760),
-        billing_claim_chunk=_int("FANBANK_BILLING_CLAIM_CHUNK", 2000, 1, 100_000),
+        # A metering round appends up to 3 events per claimed call in one outbox append, which takes
+        # at most 10,000 (services/billing/metering.py EVENTS_PER_CALL).
+        billing_claim_chunk=_int("FANBANK_BILLING_CLAIM_CHUNK", 2000, 1, 3000),
         billing_rounds_in_flight=_int("FANBANK_BILLING_ROUNDS_IN_FLIGHT", 3, 1, 64),
         billing_outage_after_seconds=_int("FANBANK_BILLING_OUTAGE_AFTER_SECONDS", 10, 1, 3600),
         livekit_api_key=_env("FANBANK_LIVEKIT_API_KEY", DEV_LIVEKIT_API_KEY),

@@ -63,7 +63,7 @@ from shared.errors import error_info, reason_of
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
 from shared.legs import payment_legs
-from shared.outbox import Event, append
+from shared.outbox import MAX_EVENTS_PER_APPEND, Event, append
 from shared.presets import fee_amount
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,11 @@ MAX_GROUPS_PER_RPC = 500  # two legs each: within Wallet's 1,000 items per batch
 MAX_ROUNDS = 10_000
 WALLET_DEADLINE_S = 10.0
 WALLET_RPCS_IN_FLIGHT = 4
+# The most events one claimed call adds to its round's outbox append: an end (the call's, the
+# creator's and the node's feeds), or a charge and its low-balance warning (the call's feed; the
+# warning the node's too). A claim chunk must keep the append within MAX_EVENTS_PER_APPEND, or
+# every settle of the round would fail and its calls stay in flight.
+EVENTS_PER_CALL = 3
 
 
 _CALL_FIELDS = (
@@ -388,6 +393,10 @@ class Metering:
         self.wallet = wallet  # a WalletServiceStub signed as "billing"
         self.notify = notify
         self.claim_chunk = settings.billing_claim_chunk
+        if self.claim_chunk * EVENTS_PER_CALL > MAX_EVENTS_PER_APPEND:
+            raise ValueError(
+                f"a claim chunk of {self.claim_chunk} calls could append more events than one append takes"
+            )
         self.rounds_in_flight = settings.billing_rounds_in_flight
         self.outage_after = dt.timedelta(seconds=settings.billing_outage_after_seconds)
         self.sweep_after = dt.timedelta(seconds=settings.sweep_after_seconds)
