@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 _RETRYABLE = (pg_errors.DeadlockDetected, pg_errors.SerializationFailure, pg_errors.UniqueViolation)
 _MAX_ATTEMPTS = 5
 NOTIFY_CHANNEL = "wallet_balance"
+# Sends the `notify_payloads` given as :notify (a text[]) on NOTIFY_CHANNEL; a scalar subquery, so
+# it fits a statement's select list. Every transaction that changes balances ends with it.
+NOTIFY_BALANCES_SQL = f"(SELECT count(pg_notify('{NOTIFY_CHANNEL}', p)) FROM unnest(CAST(:notify AS text[])) AS p)"
 # Balance hashes per notification: 4 bytes each, 5,184 bytes, 6,912 characters of base64 (NOTIFY
 # takes fewer than 8,000 bytes).
 _HASHES_PER_NOTIFICATION = 1296
@@ -833,7 +836,7 @@ class Ledger:
             params["o"], params["answers"] = json_param(rows), b"".join(blob)
         select = "SELECT (SELECT count(*) FROM o) AS written" if answers else "SELECT 0 AS written"
         if batch.touched:
-            select += f", (SELECT count(pg_notify('{NOTIFY_CHANNEL}', p)) FROM unnest(CAST(:notify AS text[])) AS p) AS notified"
+            select += f", {NOTIFY_BALANCES_SQL} AS notified"
             params["notify"] = notify_payloads(batch.touched)
         sql = ("WITH " + ", ".join(parts) + " " if parts else "") + select
         return (await conn.execute(sql, params))[0][0]

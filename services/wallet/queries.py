@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.wallet import model
-from services.wallet.ledger import NOTIFY_CHANNEL, notify_payloads
+from services.wallet.ledger import NOTIFY_BALANCES_SQL, notify_payloads
 from services.wallet.model import Ref
 from shared.clock import NOW_SQL
 from shared.convert import timestamp
@@ -207,8 +207,7 @@ async def expire_holds(engine: AsyncEngine, limit: int) -> int:
             {"ids": [r.id for r in due]},
         )
         await conn.execute(
-            text("SELECT count(pg_notify(:c, p)) FROM unnest(CAST(:p AS text[])) AS p"),
-            {"c": NOTIFY_CHANNEL, "p": notify_payloads({(r.owner_id, r.asset) for r in owners})},
+            text(f"SELECT {NOTIFY_BALANCES_SQL}"), {"notify": notify_payloads({(r.owner_id, r.asset) for r in owners})}
         )
     return len(due)
 
