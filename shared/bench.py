@@ -41,9 +41,13 @@ def cpu_seconds(pids: list[int]) -> float:
 async def postgres_root(engine) -> int | None:
     """The postmaster's pid when PostgreSQL runs on this machine (its CPU is part of the picture)."""
     async with engine.connect() as conn:
-        backend = await conn.scalar(text("SELECT pg_backend_pid()"))
+        return postmaster_of(await conn.scalar(text("SELECT pg_backend_pid()")))
+
+
+def postmaster_of(backend_pid: int) -> int | None:
+    """The postmaster of a backend, when that PostgreSQL runs on this machine (None otherwise)."""
     with contextlib.suppress(psutil.Error):
-        process = psutil.Process(backend)
+        process = psutil.Process(backend_pid)
         if "postgres" in process.name().lower():
             parent = process.parent()
             return parent.pid if parent is not None else None

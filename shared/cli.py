@@ -31,6 +31,7 @@ from shared.server import run_until_signalled
 BENCHMARKS = {
     "wallet-hot": "services.wallet.bench:main",
     "metering": "services.billing.bench:main",
+    "metering-floor": "services.billing.floor:main",
     "tips": "services.gifts.bench:main",
     "edge": "services.edge.bench:main",
     "fanout": "services.streams.bench:main",
