@@ -54,6 +54,23 @@ def postmaster_of(backend_pid: int) -> int | None:
     return None
 
 
+# What PostgreSQL wrote to its WAL so far (records, bytes, full page images): a tick's WAL is most of
+# what its commits wait for, and a full page image (8 kB) is the first change to a page after a
+# checkpoint.
+WAL_SQL = "SELECT wal_records, wal_bytes, wal_fpi FROM pg_stat_wal"
+
+
+def wal_figures(before, after, units: int) -> dict[str, float]:
+    """The WAL written between two WAL_SQL rows, per unit of work (a block, a tip) and in all."""
+    records, size, images = (int(a) - int(b) for a, b in zip(after, before, strict=True))
+    per = max(units, 1)
+    return {
+        "wal_records_per_unit": round(records / per, 1),
+        "wal_bytes_per_unit": round(size / per),
+        "wal_full_page_images": images,
+    }
+
+
 def postgres_pids(root: int | None) -> list[int]:
     if root is None:
         return []

@@ -41,7 +41,16 @@ from sqlalchemy import text
 from services.billing import metering
 from services.billing.metering import Metering
 from shared import client
-from shared.bench import ServiceProcess, bounded, cpu_seconds, database, postgres_pids, postgres_root
+from shared.bench import (
+    WAL_SQL,
+    ServiceProcess,
+    bounded,
+    cpu_seconds,
+    database,
+    postgres_pids,
+    postgres_root,
+    wal_figures,
+)
 from shared.clock import ControlledClock
 from shared.config import load_settings
 from shared.db import make_engine, migrate
@@ -181,6 +190,10 @@ class Run:
         async with self.engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             await conn.execute(text(f"VACUUM (ANALYZE) {', '.join(self.TICK_TABLES)}"))
+
+    async def wal(self):
+        async with self.engine.connect() as conn:
+            return (await conn.execute(text(WAL_SQL))).one()
 
     async def maintenance_runs(self) -> int:
         """Autovacuum and autoanalyze runs on the tick's tables so far (pg_stat_user_tables)."""
@@ -382,15 +395,21 @@ class Run:
             maintenance_before = await self.maintenance_runs()
             self.say(f"measured tick: block 1 due on {due:,} calls …")
             pids = [process.pid for process in wallets]
+            wal_before = await self.wal()
             cpu_before = (cpu_seconds(pids), cpu_seconds([os.getpid()]), cpu_seconds(postgres_pids(pg_root)))
             started = time.perf_counter()
             charged = await meter.tick()
             tick_s = time.perf_counter() - started
             cpu_after = (cpu_seconds(pids), cpu_seconds([os.getpid()]), cpu_seconds(postgres_pids(pg_root)))
+            wal = wal_figures(wal_before, await self.wal(), charged)
             wallet_cpu, billing_cpu, pg_cpu = (a - b for a, b in zip(cpu_after, cpu_before, strict=True))
             self.say(
                 f"measured tick: {charged:,} blocks in {tick_s:.2f} s = {charged / tick_s:,.0f} blocks/s "
                 f"(CPU s: billing {billing_cpu:.1f}, wallet {wallet_cpu:.1f}, postgres {pg_cpu:.1f})"
+            )
+            self.say(
+                f"measured tick: WAL {wal['wal_records_per_unit']} records, {wal['wal_bytes_per_unit']} bytes per "
+                f"block, {wal['wal_full_page_images']} full page images"
             )
             # A lower bound: a worker reports a table when it is done with it, so a run still going
             # at this point is not counted.
@@ -429,6 +448,7 @@ class Run:
             "wallets": opts.wallets,
             "autovacuum_runs": maintenance,
             "cpu_s": {"billing": round(billing_cpu, 2), "wallet": round(wallet_cpu, 2), "postgres": round(pg_cpu, 2)},
+            "wal": wal,
         }
 
 

@@ -44,7 +44,7 @@ from types import SimpleNamespace
 import psycopg
 
 from services.billing.metering import Charge, call_events, transfer_legs
-from shared.bench import bounded, cpu_seconds, database, plain_url, postgres_pids, postmaster_of
+from shared.bench import WAL_SQL, bounded, cpu_seconds, database, plain_url, postgres_pids, postmaster_of, wal_figures
 from shared.config import load_settings
 from shared.gen.fanbank.billing.v1 import billing_service_pb2 as pb
 from shared.gen.fanbank.wallet.v1 import wallet_service_pb2 as wpb
@@ -272,13 +272,13 @@ async def _variant(url: str, calls: int, workers: int, channel_rows: bool, opera
             pids = postgres_pids(postmaster_of(root))  # every connection is open: their backends count
             if not pids:
                 raise RuntimeError("PostgreSQL does not run on this machine: its CPU cannot be measured")
-            wal_before = await _wal(admin)
+            wal_before = await (await admin.execute(WAL_SQL)).fetchone()
             cpu_before = cpu_seconds(pids)
             started = time.perf_counter()
             blocks = await _tick(conns, channel_rows, operation_rows)
             tick_s = time.perf_counter() - started
             pg_cpu = cpu_seconds(pids) - cpu_before
-            wal = [after - before for after, before in zip(await _wal(admin), wal_before, strict=True)]
+            wal = wal_figures(wal_before, await (await admin.execute(WAL_SQL)).fetchone(), blocks)
         finally:
             for conn in conns:
                 await conn.close()
@@ -289,16 +289,8 @@ async def _variant(url: str, calls: int, workers: int, channel_rows: bool, opera
         "tick_s": round(tick_s, 3),
         "postgres_cpu_s": round(pg_cpu, 2),
         "us_per_block": round(pg_cpu / blocks * 1e6, 1),
-        "wal_records_per_block": round(wal[0] / blocks, 1),
-        "wal_bytes_per_block": round(wal[1] / blocks),
-        "wal_full_page_images": int(wal[2]),
+        **wal,
     }
-
-
-async def _wal(conn: psycopg.AsyncConnection) -> tuple[int, int, int]:
-    cur = await conn.execute("SELECT wal_records, wal_bytes, wal_fpi FROM pg_stat_wal")
-    records, size, images = await cur.fetchone()
-    return int(records), int(size), int(images)
 
 
 def _wire_step(n: int) -> Callable[[], None]:
@@ -368,8 +360,8 @@ def main(argv: list[str]) -> int:
                 figures = asyncio.run(_variant(plain_url(url), opts.calls, opts.workers, channel_rows, operation_rows))
                 say(
                     f"{name}: tick {figures['tick_s']:.2f} s, PostgreSQL {figures['postgres_cpu_s']:.2f} CPU-s = "
-                    f"{figures['us_per_block']:.1f} µs per block; WAL {figures['wal_records_per_block']} records, "
-                    f"{figures['wal_bytes_per_block']} bytes per block, {figures['wal_full_page_images']} full page images"
+                    f"{figures['us_per_block']:.1f} µs per block; WAL {figures['wal_records_per_unit']} records, "
+                    f"{figures['wal_bytes_per_unit']} bytes per block, {figures['wal_full_page_images']} full page images"
                 )
                 if name not in variants or figures["us_per_block"] < variants[name]["us_per_block"]:
                     variants[name] = figures

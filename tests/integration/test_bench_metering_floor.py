@@ -20,7 +20,7 @@ def test_floor_bench_prints_json_last_with_every_variant(database_url, monkeypat
     assert result["scenario"] == "metering-floor" and result["calls"] == 700
     assert set(result["postgres"]) == set(floor.VARIANTS)
     for figures in result["postgres"].values():
-        assert {"tick_s", "postgres_cpu_s", "us_per_block", "wal_records_per_block"} <= set(figures)
+        assert {"tick_s", "postgres_cpu_s", "us_per_block", "wal_records_per_unit"} <= set(figures)
     assert result["wire_us_per_block"] > 0
 
 
