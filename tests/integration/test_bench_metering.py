@@ -12,7 +12,7 @@ from services.billing import bench
 
 EXPECTED_KEYS = {
     "scenario", "calls", "tick_s", "blocks_per_s", "baseline_blocks_per_s", "ratio_vs_baseline", "audit",
-    "charged", "autovacuum_runs", "cpu_s",
+    "charged", "autovacuum_runs", "cpu_s", "wal",
 }  # fmt: skip
 
 
